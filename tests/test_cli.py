@@ -1,0 +1,139 @@
+"""LightningCLI end to end on a tiny Fashion-MNIST: configs, loggers, checkpoints, exact resume."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, TESTS_DIR
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from cli import cli_main, wandb_offline_default  # noqa: E402
+
+CONFIG = str(REPO_ROOT / "configs" / "classifier" / "fashion_mnist.yaml")
+
+
+def tiny_args(data_dir, *extra):
+    return [
+        f"--config={CONFIG}",
+        f"--data.init_args.data_dir={data_dir}",
+        "--data.init_args.batch_size=32",
+        "--data.init_args.val_size=32",
+        "--trainer.max_epochs=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.log_every_n_steps=1",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("config", sorted((REPO_ROOT / "configs").glob("*/*.yaml")), ids=lambda p: p.stem)
+def test_every_config_parses_and_prints(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", f"--config={config}", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path: models." in printed and "class_path: datamodules." in printed
+
+
+def test_fit_and_test_with_csv_logger_keeps_last_and_best(fashion_mnist_dir, tmp_path):
+    logs = tmp_path / "logs"
+    args = tiny_args(
+        fashion_mnist_dir,
+        "--trainer.logger=CSVLogger",
+        f"--trainer.logger.save_dir={logs}",
+        "--trainer.logger.version=0",
+        "--trainer.max_epochs=2",
+    )
+    run_dir = Path(cli_main(["fit", *args]).trainer.log_dir)
+    assert run_dir.is_relative_to(logs)
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert any(row.get("train/loss") for row in rows) and any(row.get("val/acc") for row in rows)
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and len(checkpoints) == 2, checkpoints
+    best = next(p for p in (run_dir / "checkpoints").iterdir() if p.name != "last.ckpt")
+    assert "val/acc" in str(torch.load(best, weights_only=False)["callbacks"])
+    assert (run_dir / "config.yaml").exists()
+    # a second run into the same folder overwrites the saved config instead of failing
+    cli_main(["fit", *args])
+    cli = cli_main(["test", *args, f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"])
+    assert 0.0 <= float(cli.trainer.callback_metrics["test/acc"]) <= 1.0
+
+
+def test_default_logger_is_offline_wandb_with_uint8_images(fashion_mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cli = cli_main(["fit", *tiny_args(fashion_mnist_dir, f"--trainer.logger.init_args.save_dir={tmp_path}")])
+    from lightning.pytorch.loggers import WandbLogger
+
+    assert isinstance(cli.trainer.logger, WandbLogger)
+    cli.trainer.logger.experiment.finish()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    pictures = list(runs[0].glob("files/media/images/val/*.png"))
+    assert pictures, "the ImageGridLogger callback logged no image"
+    from PIL import Image
+
+    picture = Image.open(pictures[0])
+    assert picture.mode in ("RGB", "L") and max(picture.getextrema()[0]) > 0  # not black
+
+
+def test_wandb_mode_is_respected(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert wandb_offline_default() is False
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_offline_default() is True
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: wandb is not configured
+    assert wandb_offline_default() is True
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_offline_default() is False
+
+
+def run_cli(*args):
+    paths = os.pathsep.join([str(TESTS_DIR), str(REPO_ROOT)])
+    env = {**os.environ, "PYTHONPATH": paths, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "cli.py"), "fit", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_sigkill_mid_epoch_then_resume_from_last_matches_uninterrupted_run(fashion_mnist_dir, tmp_path):
+    # 96 training images, batch 32 -> 3 steps per epoch; the crash comes in epoch 1 after step 4
+    common = tiny_args(
+        fashion_mnist_dir,
+        "--trainer.max_epochs=2",
+        "--trainer.logger=false",
+        "--checkpoint.every_n_train_steps=1",
+        "--checkpoint.monitor=null",
+    )
+    straight = run_cli(*common, f"--checkpoint.dirpath={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    crashed_dir = tmp_path / "crashed"
+    crashed = run_cli(
+        *common,
+        f"--checkpoint.dirpath={crashed_dir}",
+        "--trainer.callbacks+=_sigkill.SigkillAtStep",
+        "--trainer.callbacks.step=5",
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
+    state = torch.load(crashed_dir / "last.ckpt", weights_only=False)
+    assert state["epoch"] == 1 and 3 < state["global_step"] < 6, "the crash must come mid-epoch"
+
+    resumed = run_cli(*common, f"--checkpoint.dirpath={crashed_dir}", "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    expected = torch.load(tmp_path / "straight" / "last.ckpt", weights_only=False)
+    got = torch.load(crashed_dir / "last.ckpt", weights_only=False)
+    assert got["global_step"] == expected["global_step"] == 6
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(tensor, got["state_dict"][name]), name
