@@ -112,6 +112,7 @@ def test_sigkill_mid_epoch_then_resume_from_last_matches_uninterrupted_run(fashi
         fashion_mnist_dir,
         "--trainer.max_epochs=2",
         "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}",
         "--checkpoint.every_n_train_steps=1",
         "--checkpoint.monitor=null",
     )
