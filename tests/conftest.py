@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def fashion_mnist_dir(tmp_path):
-    """A data_dir with a tiny Fashion-MNIST (IDX files, 128 train / 64 test images) in torchvision's layout."""
+    """A data_dir with a tiny Fashion-MNIST (128 train / 64 test IDX images) in torchvision's layout."""
     from fixtures import write_mnist_idx
 
     write_mnist_idx(tmp_path / "FashionMNIST" / "raw", n_train=128, n_test=64, gz=False, seed=0)
