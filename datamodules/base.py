@@ -309,6 +309,10 @@ class VisionDataModule(pl.LightningDataModule):
             return [self.query_dataloader(), self.database_dataloader()]
         return self._loader(self.test_set, False, "test_dataloader")
 
+    def predict_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The test loader(s): standard = the official test set, retrieval = ``[query, database]``."""
+        return self.test_dataloader()
+
     def query_dataloader(self) -> DataLoader:
         """Retrieval split only: the query set loader (not shuffled)."""
         return self._loader(self.query_set, False, "query_dataloader")

@@ -60,8 +60,14 @@ def test_fit_and_test_with_csv_logger_keeps_last_and_best(fashion_mnist_dir, tmp
     assert (run_dir / "config.yaml").exists()
     # a second run into the same folder overwrites the saved config instead of failing
     cli_main(["fit", *args])
-    cli = cli_main(["test", *args, f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"])
+    last = f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+    cli = cli_main(["test", *args, last])
     assert 0.0 <= float(cli.trainer.callback_metrics["test/acc"]) <= 1.0
+    cli = cli_main(["validate", *args, last])
+    assert 0.0 <= float(cli.trainer.callback_metrics["val/acc"]) <= 1.0
+    cli = cli_main(["predict", *args, last])
+    predictions = cli.trainer.predict_loop.predictions
+    assert sum(len(p["prediction"]) for p in predictions) == 64  # the whole test set
 
 
 def test_default_logger_is_offline_wandb_with_uint8_images(fashion_mnist_dir, tmp_path, monkeypatch):
