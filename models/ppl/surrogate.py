@@ -1,0 +1,87 @@
+"""PPL's surrogate hashing network F (eq. 3): a backbone, an fc layer with ``bits`` units and tanh."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.backbones import create_backbone
+
+__all__ = ["PPLCNN", "HashSurrogate", "binarize"]
+
+
+def binarize(h: torch.Tensor) -> torch.Tensor:
+    """``sign`` of eq. 3 as ``{-1, +1}`` floats (0 maps to +1, so every bit is a valid code)."""
+    return torch.where(h >= 0, 1.0, -1.0).to(h.dtype if h.is_floating_point() else torch.float32)
+
+
+class PPLCNN(nn.Module):
+    """The paper's grayscale surrogate features: two 5x5 conv layers (20 and 50 channels, ReLU, 2x2 max-pool).
+
+    The feature map is average-pooled to 7x7 (a no-op for 28x28 inputs) so any image size works; the fc
+    layer with ``bits`` units lives in :class:`HashSurrogate`.
+
+    Args:
+        in_chans: image channels C.
+        channels: widths of the two conv layers.
+    """
+
+    def __init__(self, in_chans: int = 1, channels: tuple[int, int] = (20, 50)) -> None:
+        super().__init__()
+        c1, c2 = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(in_chans, c1, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(7),
+            nn.Flatten(),
+        )
+        self.num_features = c2 * 49
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps images [B, C, H, W] to features [B, 50 * 49]."""
+        return self.features(x)
+
+
+class HashSurrogate(nn.Module):
+    """F(.; theta_f): backbone -> fc(bits) -> tanh, the relaxed codes of eq. 3 used during training.
+
+    Args:
+        in_chans: image channels C.
+        bits: code length c.
+        backbone: ``"ppl_cnn"`` (the paper's 2-conv grayscale net, :class:`PPLCNN`), ``"small_cnn"``
+            (:class:`models.backbones.SmallCNN`) or any timm model name, e.g. ``"resnet50"`` (its
+            classifier is removed, ``num_classes=0``).
+        pretrained: load timm's pretrained weights (needs the HF cache offline).
+
+    Raises:
+        ValueError: unknown backbone name, ``bits < 1``.
+    """
+
+    def __init__(
+        self, in_chans: int = 1, bits: int = 16, backbone: str = "ppl_cnn", pretrained: bool = False
+    ):
+        super().__init__()
+        if bits < 1:
+            raise ValueError(f"bits must be >= 1, got {bits}")
+        if backbone == "ppl_cnn":
+            if pretrained:
+                raise ValueError(
+                    "ppl_cnn has no pretrained weights; set pretrained=False or pick a timm model"
+                )
+            self.backbone: nn.Module = PPLCNN(in_chans)
+        else:
+            self.backbone = create_backbone(backbone, in_chans=in_chans, pretrained=pretrained)
+        self.fc = nn.Linear(self.backbone.num_features, bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Relaxed codes ``tanh(fc(backbone(x)))`` [B, bits] in (-1, 1) for images [B, C, H, W]."""
+        return torch.tanh(self.fc(self.backbone(x)))
+
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Binary codes ``h(x) = sign(F(x))`` [B, bits] in ``{-1, +1}`` (eq. 3)."""
+        return binarize(self(x))
