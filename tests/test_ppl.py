@@ -108,12 +108,13 @@ def test_pairwise_losses_vanish_on_ideal_codes_and_match_the_equations():
     ideal = torch.stack([u, -u, u, -u])  # h_i^T h_j = c S_ij for two classes
     s = similarity_matrix(labels)
     assert affinity_loss(ideal, s) == 0 and similarity_loss(ideal, ideal, s) == 0
-    assert matching_loss(ideal, ideal) == 0 and matching_loss(ideal, -ideal) == 4  # ||2u||^2 / c
+    assert matching_loss(ideal, ideal) == 0 and matching_loss(ideal, -ideal) == 4 * 16  # sum_i ||2u||^2
     h_x, h_z = torch.rand(4, 4) * 2 - 1, torch.rand(4, 4) * 2 - 1
     c = 4
-    jo = sum((h_z[i] @ h_z[j] - c * s[i, j]) ** 2 for i in range(4) for j in range(4)) / (16 * c**2)  # eq. 4
-    js = sum((h_x[i] @ h_z[j] - c * s[i, j]) ** 2 for i in range(4) for j in range(4)) / (16 * c**2)  # eq. 9
-    je = sum(((h_x[i] - h_z[i]) ** 2).sum() for i in range(4)) / (4 * c)  # eq. 10
+    # the paper's plain sums, no per-term averaging
+    jo = sum((h_z[i] @ h_z[j] - c * s[i, j]) ** 2 for i in range(4) for j in range(4))  # eq. 4
+    js = sum((h_x[i] @ h_z[j] - c * s[i, j]) ** 2 for i in range(4) for j in range(4))  # eq. 9
+    je = sum(((h_x[i] - h_z[i]) ** 2).sum() for i in range(4))  # eq. 10
     torch.testing.assert_close(affinity_loss(h_z, s), jo)
     torch.testing.assert_close(similarity_loss(h_x, h_z, s), js)
     torch.testing.assert_close(matching_loss(h_x, h_z), je)
@@ -180,8 +181,12 @@ def test_grl_gives_g_the_gradient_of_jo_minus_jp_and_f_that_of_jo_plus_jp(lambda
     g_game, f_game = _grads(game["loss"], g_params), _grads(game["loss"], f_params)
     plain = model.compute_losses(x, labels, reverse=False)
     torch.testing.assert_close(plain["loss"], game["loss"])
-    g_jo, g_jp = _grads(plain["jo"], g_params), _grads(plain["jp"], g_params)
-    f_jo, f_jp = _grads(plain["jo"], f_params), _grads(plain["jp"], f_params)
+    # one global normaliser 1 / (n^2 c^2) on the whole objective, the terms at the paper's scale
+    scale = 1.0 / (16**2 * model.bits**2)
+    assert plain["scale"].item() == pytest.approx(scale)
+    torch.testing.assert_close(plain["loss"], scale * (plain["jo"] + plain["jp"]))
+    g_jo, g_jp = _grads(scale * plain["jo"], g_params), _grads(scale * plain["jp"], g_params)
+    f_jo, f_jp = _grads(scale * plain["jo"], f_params), _grads(scale * plain["jp"], f_params)
     assert g_jp.norm() > 0 and g_jo.norm() > 0
     # eq. 12: G minimises Jo - Jp (times lambda through the reversal), F minimises Jo + Jp
     torch.testing.assert_close(g_game, g_jo - lambda_ * g_jp, atol=1e-6, rtol=1e-4)
@@ -198,7 +203,8 @@ def test_lambda_warmup_starts_without_reversed_gradient():
     x, labels = torch.rand(8, 1, 28, 28), torch.randint(0, 3, (8,))
     g_params = list(model.generator.parameters())
     g_game = _grads(model.compute_losses(x, labels)["loss"], g_params)
-    g_jo = _grads(model.compute_losses(x, labels, reverse=False)["jo"], g_params)
+    plain = model.compute_losses(x, labels, reverse=False)
+    g_jo = _grads(plain["scale"] * plain["jo"], g_params)
     torch.testing.assert_close(g_game, g_jo, atol=1e-6, rtol=1e-4)
 
 

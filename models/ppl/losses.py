@@ -1,13 +1,27 @@
 """PPL's objective terms (paper eqs. 4-11), on relaxed codes ``h = tanh(F(.))`` in ``[-1, 1]^c``.
 
-Notation: ``h_x`` [B, c] codes of clean images, ``h_z`` [B, c] codes of their adversarial versions,
-``S`` [B, B] the similarity matrix (+1 similar / -1 dissimilar, :func:`similarity_matrix`).
+Notation: ``h_x`` [n, c] codes of clean images, ``h_z`` [n, c] codes of their adversarial versions,
+``S`` [n, n] the similarity matrix (:func:`similarity_matrix`).
 
-Scaling (a documented choice; the paper writes plain sums): the pairwise losses are averaged over the
-``B^2`` pairs and compare ``h_i^T h_j / c`` with ``S_ij``, and the matching loss is averaged over the
-``B`` images and divided by ``c``. Every term is then O(1) whatever the batch size (512 vs 32 in the
-paper) and code length, so the paper's balance weights alpha = gamma = 1, beta = 10 weigh comparable
-magnitudes. With the paper's literal sums Jo and Js would outweigh D_s by a factor ~``B^2 c^2``.
+Convention of ``S``: ``S_ij = +1`` (similar) / ``-1`` (dissimilar). The paper states it in its
+Preliminaries ("S_ij = 1 if the i-th and the j-th data points are semantically similar and S_ij = -1
+otherwise"), and eqs. 4 and 9 compare ``h_i^T h_j`` (in ``[-c, c]``) with ``c * S_ij``, which only makes
+sense for +-1: with a {0, 1} S dissimilar codes would be pushed to be orthogonal instead of opposite. The
+SMMD's ``S+ = [S_ij > 0]``, ``S- = [S_ij <= 0]`` are consistent with it.
+
+Scaling: every term is implemented exactly at the paper's scale, i.e. as the plain sums it writes --
+``Jo`` (eq. 4) and ``Js`` (eq. 9) sum ``(h_i^T h_j - c S_ij)^2`` over the ``n^2`` pairs (O(n^2 c^2)),
+``Je`` (eq. 10) sums ``||h(x_i) - h(z_i)||^2`` over the ``n`` images (O(n c)), and ``D_s`` (eqs. 7-8) is
+a difference of kernel averages (O(1)) -- so that alpha, beta, gamma (paper: 1, 10, 1) and the relative
+weight of ``Jo`` mean what they mean in the paper. The module divides the *total* objective by ONE
+constant, :func:`objective_scale` ``= n^2 c^2``, to keep gradients O(1) (Adam is nearly invariant to a
+global scale); the ratios between the terms stay the paper's. An earlier version averaged every term to
+O(1) separately, which over-weighted ``Je`` by ~``n c`` and ``D_s`` by ~``n^2 c^2`` relative to the paper;
+both vanish at the all-zero code, and the surrogate collapsed to it on real Fashion-MNIST.
+
+Jo is on the adversarial codes ``h(z)`` among themselves, as eq. 4 is written (its ``h(z_i)^T h(z_i)``
+is read as ``h(z_i)^T h(z_j)``, the only reading consistent with the double sum over ``i, j``): the
+protected data keep the similarity structure ("normal use guarantee").
 
 Kernel bandwidth of the SMMD (eqs. 5-8): Gaussian ``k(a, b) = exp(-||a - b||^2 / (2 sigma^2))`` with the
 median heuristic ``2 sigma^2 = median of the squared pairwise distances between the 2B pooled codes``
@@ -25,6 +39,7 @@ __all__ = [
     "gaussian_kernel",
     "matching_loss",
     "median_bandwidth",
+    "objective_scale",
     "privacy_loss",
     "similarity_loss",
     "similarity_matrix",
@@ -40,7 +55,7 @@ def similarity_matrix(labels: torch.Tensor, other: torch.Tensor | None = None) -
         other: labels of the second set [B'] / [B', L]; ``None`` = ``labels``.
 
     Returns:
-        float32 [B, B'] of +-1.
+        float32 [B, B'] of +-1 (the paper's convention, see the module docstring).
     """
     other = labels if other is None else other
     if labels.dim() == 1:
@@ -50,8 +65,17 @@ def similarity_matrix(labels: torch.Tensor, other: torch.Tensor | None = None) -
     return same.float() * 2.0 - 1.0
 
 
+def objective_scale(n: int, c: int) -> float:
+    """The one global normaliser ``1 / (n^2 c^2)`` applied to the whole objective ``Jo + Jp``.
+
+    ``n^2 c^2`` is the order of ``Jo`` and ``Js`` (``n^2`` pairs, ``|h_i^T h_j - c S_ij| <= 2c``); one
+    constant for all terms keeps the paper's ratios between them.
+    """
+    return 1.0 / (float(n) ** 2 * float(c) ** 2)
+
+
 def _pairwise_code_loss(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    return (a @ b.T / a.shape[1] - s).square().mean()
+    return (a @ b.T - a.shape[1] * s).square().sum()
 
 
 def affinity_loss(h_z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -62,9 +86,9 @@ def affinity_loss(h_z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         s: similarity matrix [B, B] of +-1.
 
     Returns:
-        Scalar ``mean_ij (h(z_i)^T h(z_j) / c - S_ij)^2``.
+        Scalar ``sum_ij (h(z_i)^T h(z_j) - c S_ij)^2`` (paper scale, O(n^2 c^2)).
     """
-    # eq. 4: Jo = sum_ij ||h(z_i)^T h(z_j) - c S_ij||^2 (averaged, scaled by 1/c)
+    # eq. 4: Jo = sum_ij ||h(z_i)^T h(z_j) - c S_ij||^2
     return _pairwise_code_loss(h_z, h_z, s)
 
 
@@ -77,9 +101,9 @@ def similarity_loss(h_x: torch.Tensor, h_z: torch.Tensor, s: torch.Tensor) -> to
         s: similarity matrix [B, B] of +-1.
 
     Returns:
-        Scalar ``mean_ij (h(x_i)^T h(z_j) / c - S_ij)^2``.
+        Scalar ``sum_ij (h(x_i)^T h(z_j) - c S_ij)^2`` (paper scale, O(n^2 c^2)).
     """
-    # eq. 9: Js = sum_ij ||h(x_i)^T h(z_j) - c S_ij||^2 (averaged, scaled by 1/c)
+    # eq. 9: Js = sum_ij ||h(x_i)^T h(z_j) - c S_ij||^2
     return _pairwise_code_loss(h_x, h_z, s)
 
 
@@ -91,10 +115,10 @@ def matching_loss(h_x: torch.Tensor, h_z: torch.Tensor) -> torch.Tensor:
         h_z: relaxed codes of the adversarial images [B, c] (row i is the version of image i).
 
     Returns:
-        Scalar ``mean_i ||h(x_i) - h(z_i)||^2 / c`` (in ``[0, 4]``).
+        Scalar ``sum_i ||h(x_i) - h(z_i)||^2`` (paper scale, in ``[0, 4 n c]``).
     """
-    # eq. 10: Je = sum_i ||h(x_i) - h(z_i)||^2 (averaged, scaled by 1/c)
-    return (h_x - h_z).square().sum(dim=1).mean() / h_x.shape[1]
+    # eq. 10: Je = sum_i ||h(x_i) - h(z_i)||^2
+    return (h_x - h_z).square().sum()
 
 
 @torch.no_grad()
@@ -172,7 +196,7 @@ def privacy_loss(
     gamma: float = 1.0,
     bandwidth: torch.Tensor | float | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Privacy-preserving loss Jp = alpha D_s + beta Js + gamma Je and its parts.
+    """Privacy-preserving loss Jp = alpha D_s + beta Js + gamma Je and its parts, at the paper's scale.
 
     Args:
         h_x: relaxed codes of the clean images [B, c].

@@ -2,7 +2,8 @@
 
 One optimiser step per batch implements Algorithm 1: the generator G and the surrogate hashing network F
 are both in one Adam (two parameter groups, lr 1e-4 for G and 1e-3 for F) and minimise
-``J = Jo + Jp`` (eq. 14), where the privacy term Jp reaches G through the gradient reversal layer
+``J = (Jo + Jp) / (n^2 c^2)`` (eq. 14; the terms at the paper's scale, divided by one global constant,
+see :mod:`models.ppl.losses`), where the privacy term Jp reaches G through the gradient reversal layer
 (eq. 13). So F descends ``Jo + Jp`` and G descends ``Jo - lambda * Jp`` (eq. 12).
 
 Wiring of the game (the reversal applies to the Jp path only)::
@@ -27,7 +28,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from models.grl import grad_reverse
 from models.metrics import HammingMAP
 from models.ppl.generator import PerturbationGenerator, apply_perturbation, check_epsilon, check_norm
-from models.ppl.losses import affinity_loss, privacy_loss, similarity_matrix
+from models.ppl.losses import affinity_loss, objective_scale, privacy_loss, similarity_matrix
 from models.ppl.surrogate import HashSurrogate, binarize
 
 __all__ = ["PPL"]
@@ -203,9 +204,11 @@ class PPL(L.LightningModule):
                 plain losses (same values), e.g. to inspect their separate gradients.
 
         Returns:
-            ``{"loss": Jo + Jp, "jo", "jp", "ds", "ds_pos", "ds_neg", "js", "je", "bandwidth", "z", "h_x"}``
-            (``z`` the protected images, ``h_x`` the clean relaxed codes). The gradient of ``loss`` is
-            that of ``Jo + Jp`` for F and of ``Jo - lambda * Jp`` for G when ``reverse`` (eq. 14).
+            ``{"loss": scale * (Jo + Jp), "scale", "jo", "jp", "ds", "ds_pos", "ds_neg", "js", "je",
+            "bandwidth", "z", "h_x"}`` (the terms at the paper's scale, ``scale = 1 / (n^2 c^2)`` the one
+            global normaliser, ``z`` the protected images, ``h_x`` the clean relaxed codes). The gradient
+            of ``loss`` is ``scale`` times that of ``Jo + Jp`` for F and of ``Jo - lambda * Jp`` for G when
+            ``reverse`` (eq. 14).
         """
         hp = self.hparams
         z = apply_perturbation(x, self.generator(x))  # eq. 2
@@ -217,8 +220,10 @@ class PPL(L.LightningModule):
         h_x = self.surrogate(x)
         out = privacy_loss(h_x, h_zr, s, hp.alpha, hp.beta, hp.gamma, hp.bandwidth)
         out["jo"] = jo
-        # eq. 14: J = Jo + Jp, minimised jointly (one step)
-        out["loss"] = jo + out["jp"]
+        # eq. 14: J = Jo + Jp, minimised jointly (one step); one global constant keeps it O(1)
+        scale = objective_scale(x.shape[0], h_z.shape[1])
+        out["scale"] = torch.tensor(scale, dtype=jo.dtype, device=jo.device)
+        out["loss"] = scale * (jo + out["jp"])
         out["z"], out["h_x"] = z, h_x
         return out
 
@@ -228,7 +233,7 @@ class PPL(L.LightningModule):
         out = self.compute_losses(x, batch["label"])
         n = x.shape[0]
         for key in ("loss", "jo", "jp", "ds", "ds_pos", "ds_neg", "js", "je", "bandwidth"):
-            self.log(f"train/{key}", out[key].detach(), prog_bar=key in ("jo", "jp"), batch_size=n)
+            self.log(f"train/{key}", out[key].detach(), prog_bar=key == "loss", batch_size=n)
         with torch.no_grad():
             delta = (out["z"] - x).flatten(1)
             self.log("train/delta_linf", delta.abs().amax(1).mean(), batch_size=n)
