@@ -390,7 +390,20 @@ def test_fashion_mnist_config_trains_through_the_cli(fashion_mnist_dir, tmp_path
     assert cli.trainer.global_step == 4
     assert "val/map_gap" in cli.trainer.callback_metrics
     assert cli.trainer.checkpoint_callback.best_model_path
-    restored = PPL.load_from_checkpoint(cli.trainer.checkpoint_callback.best_model_path)
+    # last.ckpt holds the final weights (the best one may come from an earlier validation)
+    restored = PPL.load_from_checkpoint(cli.trainer.checkpoint_callback.last_model_path)
     assert restored.hparams.epsilon == 0.3 and restored.hparams.norm == "inf"
     x = torch.rand(2, 1, 28, 28)
     torch.testing.assert_close(restored.protect(x), cli.model.protect(x))
+
+
+def test_surrogate_starts_with_order_one_codes_and_rejects_bad_gain():
+    from models.ppl.surrogate import HashSurrogate
+
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 28, 28)
+    default = HashSurrogate(1, 16, fc_init_gain=None)(x).abs().mean()
+    scaled = HashSurrogate(1, 16)(x).abs().mean()
+    assert scaled > 5 * default, (float(scaled), float(default))
+    with pytest.raises(ValueError, match="fc_init_gain"):
+        HashSurrogate(1, 16, fc_init_gain=0.0)

@@ -63,6 +63,7 @@ class PPL(L.LightningModule):
         bandwidth: fixed ``2 sigma^2`` of the SMMD Gaussian kernel; ``None`` = median heuristic.
         lambda_warmup_steps: ramp the reversal strength linearly from 0 to ``lambda_`` over this many
             optimizer steps (not in the paper, which uses a constant lambda = 1: the default 0).
+        fc_init_gain: start of F's fc layer, see :class:`models.ppl.surrogate.HashSurrogate`.
 
     Raises:
         ValueError: ``epsilon <= 0``, unknown ``norm``, unknown backbone, bad sizes or weights.
@@ -86,6 +87,7 @@ class PPL(L.LightningModule):
         lr_surrogate: float = 1e-3,
         bandwidth: float | None = None,
         lambda_warmup_steps: int = 0,
+        fc_init_gain: float | None = 5.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -104,7 +106,9 @@ class PPL(L.LightningModule):
         if bandwidth is not None and bandwidth <= 0:
             raise ValueError(f"bandwidth must be > 0 or None (median heuristic), got {bandwidth}")
         self.generator = PerturbationGenerator(in_chans, generator_channels, epsilon=epsilon, norm=norm)
-        self.surrogate = HashSurrogate(in_chans, bits, backbone=surrogate_backbone, pretrained=pretrained)
+        self.surrogate = HashSurrogate(
+            in_chans, bits, backbone=surrogate_backbone, pretrained=pretrained, fc_init_gain=fc_init_gain
+        )
         # one metric object per scenario and stage (torchmetrics syncs them across DDP ranks)
         for stage in ("val", "test"):
             for scenario in _SCENARIOS:

@@ -56,13 +56,22 @@ class HashSurrogate(nn.Module):
             (:class:`models.backbones.SmallCNN`) or any timm model name, e.g. ``"resnet50"`` (its
             classifier is removed, ``num_classes=0``).
         pretrained: load timm's pretrained weights (needs the HF cache offline).
+        fc_init_gain: the fc weights start as N(0, (gain / sqrt(num_features))^2) with zero bias, so the
+            initial pre-tanh codes are O(1). PyTorch's default start gives codes of ~0.04, and from there
+            the +-1 pairwise losses (eqs. 4, 9) keep F at the all-zero stationary point (measured on
+            Fashion-MNIST: mean |code| 0.003 after 100 steps). ``None`` keeps PyTorch's default.
 
     Raises:
         ValueError: unknown backbone name, ``bits < 1``.
     """
 
     def __init__(
-        self, in_chans: int = 1, bits: int = 16, backbone: str = "ppl_cnn", pretrained: bool = False
+        self,
+        in_chans: int = 1,
+        bits: int = 16,
+        backbone: str = "ppl_cnn",
+        pretrained: bool = False,
+        fc_init_gain: float | None = 5.0,
     ):
         super().__init__()
         if bits < 1:
@@ -76,6 +85,11 @@ class HashSurrogate(nn.Module):
         else:
             self.backbone = create_backbone(backbone, in_chans=in_chans, pretrained=pretrained)
         self.fc = nn.Linear(self.backbone.num_features, bits)
+        if fc_init_gain is not None:
+            if fc_init_gain <= 0:
+                raise ValueError(f"fc_init_gain must be > 0 or None, got {fc_init_gain}")
+            nn.init.normal_(self.fc.weight, std=fc_init_gain / self.backbone.num_features**0.5)
+            nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Relaxed codes ``tanh(fc(backbone(x)))`` [B, bits] in (-1, 1) for images [B, C, H, W]."""
