@@ -390,8 +390,9 @@ def test_fashion_mnist_config_trains_through_the_cli(fashion_mnist_dir, tmp_path
     assert cli.trainer.global_step == 4
     assert "val/map_gap" in cli.trainer.callback_metrics
     assert cli.trainer.checkpoint_callback.best_model_path
-    # last.ckpt holds the final weights (the best one may come from an earlier validation)
-    restored = PPL.load_from_checkpoint(cli.trainer.checkpoint_callback.last_model_path)
+    final = tmp_path / "final.ckpt"
+    cli.trainer.save_checkpoint(final)
+    restored = PPL.load_from_checkpoint(final)  # hparams alone rebuild the model
     assert restored.hparams.epsilon == 0.3 and restored.hparams.norm == "inf"
     x = torch.rand(2, 1, 28, 28)
     torch.testing.assert_close(restored.protect(x), cli.model.protect(x))
