@@ -10,32 +10,37 @@ __all__ = ["SmallCNN", "create_backbone"]
 
 
 class SmallCNN(nn.Module):
-    """Two conv blocks and a linear layer: the grayscale backbone of the hashing papers (20/50 channels).
+    """Two 5x5 conv blocks (ReLU, 2x2 max-pool), pooled to 7x7, and an optional linear layer.
+
+    The conv part is the grayscale backbone of the hashing papers (20/50 channels); PPL's surrogate uses
+    it without the linear layer (``num_features=None``) and puts its own fc(c) + tanh on top.
 
     Args:
         in_chans: image channels C.
-        channels: output channels of the two 5x5 conv layers.
-        num_features: width of the final feature vector.
+        channels: output channels of the two conv layers.
+        num_features: width of the final linear + ReLU layer; ``None`` = no such layer, the features are
+            the flattened conv map (``channels[1] * 49``).
     """
 
     def __init__(
-        self, in_chans: int = 1, channels: tuple[int, int] = (20, 50), num_features: int = 500
+        self, in_chans: int = 1, channels: tuple[int, int] = (20, 50), num_features: int | None = 500
     ) -> None:
         super().__init__()
         c1, c2 = channels
-        self.features = nn.Sequential(
+        layers: list[nn.Module] = [
             nn.Conv2d(in_chans, c1, 5, padding=2),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
             nn.Conv2d(c1, c2, 5, padding=2),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(7),
+            nn.AdaptiveAvgPool2d(7),  # a no-op for 28x28 inputs; lets any image size through
             nn.Flatten(),
-            nn.Linear(c2 * 49, num_features),
-            nn.ReLU(inplace=True),
-        )
-        self.num_features = num_features
+        ]
+        if num_features is not None:
+            layers += [nn.Linear(c2 * 49, num_features), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.num_features = c2 * 49 if num_features is None else num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Maps images [B, C, H, W] to features [B, num_features]."""

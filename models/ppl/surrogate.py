@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.backbones import create_backbone
+from models.backbones import SmallCNN, create_backbone
 
 __all__ = ["PPLCNN", "HashSurrogate", "binarize"]
 
@@ -15,35 +15,13 @@ def binarize(h: torch.Tensor) -> torch.Tensor:
     return torch.where(h >= 0, 1.0, -1.0).to(h.dtype if h.is_floating_point() else torch.float32)
 
 
-class PPLCNN(nn.Module):
-    """The paper's grayscale surrogate features: two 5x5 conv layers (20 and 50 channels, ReLU, 2x2 max-pool).
+def PPLCNN(in_chans: int = 1, channels: tuple[int, int] = (20, 50)) -> SmallCNN:
+    """The paper's grayscale surrogate features: :class:`models.backbones.SmallCNN` without its linear layer.
 
-    The feature map is average-pooled to 7x7 (a no-op for 28x28 inputs) so any image size works; the fc
-    layer with ``bits`` units lives in :class:`HashSurrogate`.
-
-    Args:
-        in_chans: image channels C.
-        channels: widths of the two conv layers.
+    Two 5x5 conv layers (20 and 50 channels, ReLU, 2x2 max-pool), average-pooled to 7x7 (a no-op for
+    28x28 inputs); features [B, 50 * 49]. The fc layer with ``bits`` units lives in :class:`HashSurrogate`.
     """
-
-    def __init__(self, in_chans: int = 1, channels: tuple[int, int] = (20, 50)) -> None:
-        super().__init__()
-        c1, c2 = channels
-        self.features = nn.Sequential(
-            nn.Conv2d(in_chans, c1, 5, padding=2),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 5, padding=2),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(7),
-            nn.Flatten(),
-        )
-        self.num_features = c2 * 49
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps images [B, C, H, W] to features [B, 50 * 49]."""
-        return self.features(x)
+    return SmallCNN(in_chans, channels, num_features=None)
 
 
 class HashSurrogate(nn.Module):
