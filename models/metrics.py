@@ -28,7 +28,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-__all__ = ["HammingMAP", "hamming_ap", "hamming_map"]
+__all__ = ["HammingMAP", "hamming_ap", "hamming_map", "sign_codes"]
 
 _TIES = ("index", "average")
 # Elements (queries x database items) handled per chunk; ~1M keeps the working set of one chunk within
@@ -72,6 +72,19 @@ def _check_labels(labels: Tensor, num: int, name: str) -> None:
         )
     if labels.shape[0] != num:
         raise ValueError(f"{name} has {labels.shape[0]} rows but the matching codes have {num}")
+
+
+def sign_codes(x: Tensor) -> Tensor:
+    """Binarize to exactly -1/+1 codes (``sign`` with ``0 -> +1``, so every bit is a valid code).
+
+    Args:
+        x: ``[..., bits]`` real (or integer) tensor, e.g. tanh outputs of a hashing head.
+
+    Returns:
+        Same shape, values in ``{-1, +1}``; floating dtype of ``x`` (float32 for integer input).
+    """
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    return torch.where(x >= 0, 1.0, -1.0).to(dtype)
 
 
 def _check_args(

@@ -24,21 +24,9 @@ import torch
 from torch import nn
 
 from models.backbones import create_backbone
-from models.metrics import HammingMAP
+from models.metrics import HammingMAP, sign_codes
 
 __all__ = ["HashingModule", "label_similarity", "sign_codes"]
-
-
-def sign_codes(x: torch.Tensor) -> torch.Tensor:
-    """Binarize to exactly -1/+1 (``sign`` with ``0 -> +1``).
-
-    Args:
-        x: ``[..., bits]`` real tensor.
-
-    Returns:
-        Tensor of the same shape and dtype with values in ``{-1, +1}``.
-    """
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
 
 
 def label_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from models.ppl.losses import (
     smmd,
 )
 from models.ppl.module import PPL
-from models.ppl.surrogate import PPLCNN, HashSurrogate, binarize
+from models.ppl.surrogate import PPLCNN, HashSurrogate
 
 __all__ = [
     "PPL",
@@ -21,7 +21,6 @@ __all__ = [
     "PerturbationGenerator",
     "affinity_loss",
     "apply_perturbation",
-    "binarize",
     "matching_loss",
     "median_bandwidth",
     "objective_scale",

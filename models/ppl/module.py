@@ -26,10 +26,10 @@ import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from models.grl import grad_reverse
-from models.metrics import HammingMAP
+from models.metrics import HammingMAP, sign_codes
 from models.ppl.generator import PerturbationGenerator, apply_perturbation, check_epsilon, check_norm
 from models.ppl.losses import affinity_loss, objective_scale, privacy_loss, similarity_matrix
-from models.ppl.surrogate import HashSurrogate, binarize
+from models.ppl.surrogate import HashSurrogate
 
 __all__ = ["PPL"]
 
@@ -175,7 +175,7 @@ class PPL(L.LightningModule):
     def hash(self, x: torch.Tensor) -> torch.Tensor:
         """Surrogate binary codes ``sign(F(x))`` [B, bits] in ``{-1, +1}`` (eq. 3) of images in [0, 1]."""
         self.check_images(x)
-        return binarize(self.surrogate(x))
+        return sign_codes(self.surrogate(x))
 
     def visualize(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Images for :class:`callbacks.ImageGridLogger`, all [B, C, H, W] in [0, 1].

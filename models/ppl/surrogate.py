@@ -6,13 +6,9 @@ import torch
 from torch import nn
 
 from models.backbones import SmallCNN, create_backbone
+from models.metrics import sign_codes
 
-__all__ = ["PPLCNN", "HashSurrogate", "binarize"]
-
-
-def binarize(h: torch.Tensor) -> torch.Tensor:
-    """``sign`` of eq. 3 as ``{-1, +1}`` floats (0 maps to +1, so every bit is a valid code)."""
-    return torch.where(h >= 0, 1.0, -1.0).to(h.dtype if h.is_floating_point() else torch.float32)
+__all__ = ["PPLCNN", "HashSurrogate"]
 
 
 def PPLCNN(in_chans: int = 1, channels: tuple[int, int] = (20, 50)) -> SmallCNN:
@@ -76,4 +72,4 @@ class HashSurrogate(nn.Module):
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """Binary codes ``h(x) = sign(F(x))`` [B, bits] in ``{-1, +1}`` (eq. 3)."""
-        return binarize(self(x))
+        return sign_codes(self(x))
