@@ -198,3 +198,19 @@ def test_checkpoint_round_trip_keeps_codes(fashion_mnist_dir, tmp_path, cls):
     x = torch.rand(4, 1, 28, 28)
     assert torch.equal(loaded.eval().hash(x), model.eval().hash(x))
     assert loaded.hparams.bits == 8
+
+
+def test_adsh_soft_similarity_balances_the_targets():
+    from models.hashing.adsh import adsh_similarity, similar_ratio
+
+    a = torch.tensor([0, 0, 1, 2])
+    b = torch.tensor([0, 1, 1, 2, 2, 2])
+    s01 = (a[:, None] == b[None, :]).float()
+    r = similar_ratio(a, b, chunk=4)  # chunked count == plain count
+    assert r == pytest.approx(float(s01.sum() / (1 - s01).sum()))
+    soft = adsh_similarity(a, b, r)
+    assert torch.allclose(soft[s01 == 1], torch.ones(()))
+    assert torch.allclose(soft[s01 == 0], torch.full((), -r))
+    # the weighted targets are balanced: similar and dissimilar pairs pull with the same total weight
+    assert float(soft.sum()) == pytest.approx(0.0, abs=1e-5)
+    assert torch.equal(adsh_similarity(a, b, None), s01 * 2 - 1)

@@ -7,6 +7,12 @@ points ``Omega`` (``m`` items sampled from the database) hashed by the network `
                         + gamma * sum_{i in Omega} || v_{idx(i)} - tanh(F(x_i)) ||^2
     s.t. V in {-1, +1}^{n x c},  S_ij = +1 if x_i, x_j share a class else -1.
 
+``soft_similarity=True`` (the ADSH authors' public code, "soft constraint"): dissimilar pairs get
+``S_ij = -r`` with ``r = #similar / #dissimilar`` pairs of ``Omega x Gamma`` instead of ``-1``. With 10
+balanced classes ~90% of the pairs are dissimilar, and the hard ``-1`` target (``u^T v = -c`` for all of
+them, impossible for more than two classes) drives every code to the same saturated corner on
+Fashion-MNIST (measured: chance-level mAP); the balanced target keeps the classes apart.
+
 Alternating optimisation (paper Algorithm 1), ``T_out`` outer iterations, each:
 
 1. sample ``Omega`` (``num_samples = m`` points of the train subset, itself drawn from the database);
@@ -39,7 +45,40 @@ import torch
 
 from models.hashing.base import HashingModule, label_similarity, sign_codes
 
-__all__ = ["ADSH", "adsh_dcc_update", "adsh_v_objective"]
+__all__ = ["ADSH", "adsh_dcc_update", "adsh_similarity", "adsh_v_objective", "similar_ratio"]
+
+
+def adsh_similarity(a: torch.Tensor, b: torch.Tensor, ratio: float | None) -> torch.Tensor:
+    """ADSH's pairwise target ``S`` (paper eq. 2): ``+1`` similar, ``-1`` (or ``-ratio``, soft) dissimilar.
+
+    Args:
+        a: ``[P]`` class ids or ``[P, L]`` multi-hot.
+        b: ``[Q]`` or ``[Q, L]``.
+        ratio: ``None`` = hard ``-1``; else the soft constraint's ``r`` (dissimilar pairs get ``-r``).
+
+    Returns:
+        ``float32`` ``[P, Q]``.
+    """
+    s = label_similarity(a, b)
+    return s * 2 - 1 if ratio is None else s * (1 + ratio) - ratio
+
+
+def similar_ratio(a: torch.Tensor, b: torch.Tensor, chunk: int = 8192) -> float:
+    """``r = #similar / #dissimilar`` pairs of ``a x b`` (the soft constraint of ADSH's public code).
+
+    Args:
+        a: ``[P]`` class ids or ``[P, L]`` multi-hot.
+        b: ``[Q]`` or ``[Q, L]``.
+        chunk: rows of ``b`` per block (memory bound).
+
+    Returns:
+        The ratio (``inf`` when no pair is dissimilar).
+    """
+    similar = 0.0
+    for start in range(0, b.shape[0], chunk):
+        similar += float(label_similarity(a, b[start : start + chunk]).sum())
+    dissimilar = a.shape[0] * b.shape[0] - similar
+    return similar / dissimilar if dissimilar > 0 else float("inf")
 
 
 def adsh_v_objective(V: torch.Tensor, U: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
@@ -109,6 +148,8 @@ class ADSH(HashingModule):
             ``"hash"`` = ``sign(F(x))`` of the database images (needed when the database images change,
             e.g. the PPL protocol's protected domain).
         seed: seed of the initial ``V`` and of the ``Omega`` sampling.
+        soft_similarity: dissimilar pairs target ``-r`` (``r = #similar / #dissimilar``, the ADSH
+            authors' code) instead of ``-1`` (module docstring).
     """
 
     _lazy_buffers = ("V", "U", "U_seen", "omega")
@@ -129,6 +170,7 @@ class ADSH(HashingModule):
         dcc_sweeps: int = 1,
         eval_database_codes: Literal["learned", "hash"] = "learned",
         seed: int = 0,
+        soft_similarity: bool = True,
     ) -> None:
         super().__init__(in_chans, bits, num_classes, backbone, pretrained, lr, weight_decay, use_tanh=True)
         self.save_hyperparameters()
@@ -145,6 +187,7 @@ class ADSH(HashingModule):
         self.register_buffer("U_seen", torch.zeros(0, dtype=torch.bool))  # [num_train] U row written
         self.register_buffer("omega", torch.zeros(0, dtype=torch.bool))  # [num_train] current Omega
         self.register_buffer("outer_iteration", torch.zeros((), dtype=torch.long))  # finished V updates
+        self.register_buffer("sim_ratio", torch.ones(()))  # soft constraint r of the current Omega
         # from the datamodule at setup("fit"), not saved
         self.register_buffer("database_labels", torch.zeros(0, dtype=torch.long), persistent=False)
         self.register_buffer("train_labels", torch.zeros(0, dtype=torch.long), persistent=False)
@@ -185,9 +228,18 @@ class ADSH(HashingModule):
         self.omega.fill_(False)
         self.omega[chosen] = True
 
+    def _update_ratio(self) -> None:
+        if self.hparams.soft_similarity:
+            self.sim_ratio.fill_(similar_ratio(self.train_labels[self.omega], self.database_labels))
+
+    def _target(self, labels: torch.Tensor, database_labels: torch.Tensor) -> torch.Tensor:
+        ratio = float(self.sim_ratio) if self.hparams.soft_similarity else None
+        return adsh_similarity(labels, database_labels, ratio)
+
     def on_train_epoch_start(self) -> None:
         if self.current_epoch % self.hparams.inner_epochs == 0 or not bool(self.omega.any()):
             self._sample_omega()
+            self._update_ratio()
             self.U_seen.fill_(False)
 
     # ------------------------------------------------------------------ net step
@@ -205,7 +257,7 @@ class ADSH(HashingModule):
             ``(square_loss, quantization_loss)``, both already divided by ``n * b``.
         """
         n, c = self.V.shape
-        S = label_similarity(labels, self.database_labels) * 2 - 1  # [b, n] in {-1, +1}
+        S = self._target(labels, self.database_labels)  # [b, n]: +1 similar, -1 (or -r) dissimilar
         norm = n * max(u.shape[0], 1)
         square = ((u @ self.V.T - c * S) ** 2).sum() / norm  # eq. 3, first term
         quant = self.hparams.gamma * ((self.V[db_positions] - u) ** 2).sum() / norm  # eq. 3, second term
@@ -249,7 +301,7 @@ class ADSH(HashingModule):
         Ubar[self.train_in_database[rows]] = U_omega
         Q = -2 * self.hparams.gamma * Ubar  # [n, c]
         for start in range(0, n, 8192):  # -2c S^T U in chunks of database rows
-            S = label_similarity(labels_omega, self.database_labels[start : start + 8192]) * 2 - 1
+            S = self._target(labels_omega, self.database_labels[start : start + 8192])
             Q[start : start + 8192] -= 2 * c * (S.T @ U_omega)
         V = adsh_dcc_update(self.V, U_omega, Q, sweeps=self.hparams.dcc_sweeps)
         self._broadcast_(V)

@@ -1,0 +1,125 @@
+"""PPL four-scenario protocol: released 8-bit protected images, pool swap, scenario mAPs, table script."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+from models.ppl.protocol import (
+    SCENARIOS,
+    hash_images,
+    image_quality,
+    protect_datamodule,
+    protect_uint8,
+    scenario_maps,
+)
+
+
+def _shift(eps):
+    # a "protector" that pushes every pixel by up to eps (sign pattern), like an l_inf generator
+    def protect(x):
+        sign = torch.where(torch.arange(x[0].numel()).reshape(x.shape[1:]) % 2 == 0, 1.0, -1.0)
+        return (x + eps * sign).clamp(0, 1)
+
+    return protect
+
+
+@pytest.mark.parametrize("eps", [0.3, 0.1, 7.5 / 255])
+def test_protect_uint8_keeps_the_linf_budget_exactly(eps):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (50, 1, 8, 8), generator=g, dtype=torch.uint8)
+    out = protect_uint8(_shift(eps), images, batch_size=7)
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    diff = (out.float() - images.float()).abs() / 255
+    assert float(diff.max()) <= eps + 1e-7  # rounding goes towards the clean pixel, never past the budget
+    z = _shift(eps)(images.float() / 255) * 255
+    assert torch.all((out.float() - z).abs() < 1)  # and stays within one grey level of the float image
+
+
+def test_protect_datamodule_swaps_the_shared_pool(fashion_mnist_dir):
+    from datamodules import FashionMNISTDataModule
+
+    dm = FashionMNISTDataModule(
+        data_dir=str(fashion_mnist_dir), split="retrieval", num_train=32, num_query=16, download=False
+    )
+    with pytest.raises(RuntimeError, match="setup"):
+        protect_datamodule(dm, _shift(0.1))
+    dm.setup("fit")
+    before = {
+        n: (getattr(dm, n).indices.clone(), getattr(dm, n)[0]["image"].clone())
+        for n in ("train_set", "query_set")
+    }
+    originals = protect_datamodule(dm, _shift(0.1), batch_size=50)
+    assert len(originals) == 1  # one pool shared by every split, protected once
+    assert dm.train_set.images is dm.query_set.images is dm.database_set.images
+    for n, (idx, img) in before.items():
+        ds = getattr(dm, n)
+        assert torch.equal(ds.indices, idx)
+        assert not torch.equal(ds[0]["image"], img)
+        assert float((ds[0]["image"].float() - img.float()).abs().max()) <= 0.1 * 255
+
+
+def test_scenario_maps_and_hash_images():
+    labels = torch.tensor([0, 0, 1, 1])
+    perfect = torch.tensor([[1.0, 1.0], [1.0, 1.0], [-1.0, -1.0], [-1.0, -1.0]])
+    swapped = -perfect  # the protected domain maps every class onto the other one
+    codes = {"query_c": perfect, "query_a": swapped, "db_c": perfect, "db_a": swapped}
+    maps = scenario_maps(codes, labels, labels)
+    assert list(maps) == [name for name, _, _ in SCENARIOS]
+    assert maps["C->C"] == pytest.approx(1.0) and maps["A->A"] == pytest.approx(1.0)
+    assert maps["C->A"] < 0.6 and maps["A->C"] < 0.6
+    images = torch.randint(0, 256, (5, 1, 4, 4), dtype=torch.uint8)
+    out = hash_images(lambda x: torch.sign(x.flatten(1)[:, :3] - 0.5), images, batch_size=2)
+    assert torch.equal(out, torch.sign(images.float().flatten(1)[:, :3] / 255 - 0.5))
+
+
+def test_image_quality_matches_the_definitions():
+    x = torch.full((2, 1, 16, 16), 100, dtype=torch.uint8)
+    z = x.clone()
+    z[0] += 10  # MSE (10/255)^2
+    z[1] += 20
+    q = image_quality(x, z, batch_size=1)
+    expected = sum(10 * math.log10(1 / (d / 255) ** 2) for d in (10, 20)) / 2
+    assert q["psnr"] == pytest.approx(expected, rel=1e-4)
+    assert 0 < q["ssim"] <= 1
+
+
+def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from scripts import ppl_table
+
+    monkeypatch.chdir(tmp_path)
+    data = [
+        f"data.init_args.data_dir={fashion_mnist_dir}",
+        "data.init_args.num_train=32",
+        "data.init_args.batch_size=16",
+        "data.init_args.eval_batch_size=64",
+        "data.init_args.download=false",
+    ]
+    argv = ["--bits", "8", "--out", str(tmp_path / "out"), "--ppl-arg", "trainer.max_steps=2"]
+    argv += ["--victim-arg", "trainer.max_epochs=1", "--batch-size", "50"]
+    for d in data:
+        argv += ["--data-arg", d]
+    results = ppl_table.main(argv)
+    table = json.loads((tmp_path / "out" / "table.json").read_text())
+    assert table == json.loads(json.dumps(results))
+    rows = table["bits"]["8"]["rows"]
+    assert [(r["model"], r["trained_on"]) for r in rows] == [
+        ("ADSH", "C"),
+        ("ADSH", "A"),
+        ("DSDH", "C"),
+        ("DSDH", "A"),
+        ("PPL surrogate", "PPL"),
+    ]
+    for r in rows:
+        assert set(r["map"]) == {"C->C", "C->A", "A->C", "A->A"}
+        assert all(0 < v <= 1 for v in r["map"].values())
+    q = table["bits"]["8"]["quality"]
+    assert 5 < q["psnr"] < 60 and 0 < q["ssim"] < 1
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert "| ADSH | A |" in md and "PSNR" in md
+    assert list((tmp_path / "out" / "wandb").glob("offline-run-*"))  # the wandb table + image grid
