@@ -12,14 +12,16 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from models.backbones import create_backbone
+from models.hub import PrivzooHubMixin
 
 __all__ = ["ImageClassifier"]
 
 
-class ImageClassifier(L.LightningModule):
+class ImageClassifier(PrivzooHubMixin, L.LightningModule):
     """Backbone + linear head trained with cross-entropy.
 
     Consumes the privzoo batch format: ``{"image": float [B, C, H, W] in [0, 1], "label": int64 [B], ...}``.
+    Saves / loads in Hub layout (``save_pretrained`` / ``from_pretrained``, see :mod:`models.hub`).
 
     Args:
         num_classes: number of classes K.
@@ -29,6 +31,16 @@ class ImageClassifier(L.LightningModule):
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
     """
+
+    card_method = (
+        "Image classifier: a backbone and a linear head trained with cross-entropy (no privacy method)"
+    )
+    card_task = "image-classification"
+    card_usage = "logits = model(images)  # float [B, C, H, W] in [0, 1] -> logits [B, num_classes]"
+    card_threat_model = (
+        "This is a plain classifier, a utility baseline (and DPFE's attribute model): it offers **no privacy "
+        "protection** at all, and its features may reveal any attribute of the input images."
+    )
 
     def __init__(
         self,

@@ -1,0 +1,363 @@
+"""Model cards (``README.md`` with Hub YAML front matter) for privzoo checkpoint folders.
+
+A card is written by :meth:`models.hub.PrivzooHubMixin.save_pretrained` from the model class (method,
+paper, threat model: class attributes), its ``config.json`` and the training context (dataset, split,
+LightningCLI config); its metrics table is written ONLY by evaluation code through
+:func:`update_card_metrics`, never typed by hand::
+
+    from models.cards import update_card_metrics
+    update_card_metrics("checkpoints/ppl-fashion-mnist-16bit", {"map_cc": 0.91}, source="scripts/demo.py")
+
+The metrics live in the front matter twice: ``privzoo.metrics`` (name, value, split, dataset, source, UTC
+date: what the table is rendered from) and ``model-index`` (the Hub's evaluation-results format). Every
+card records the sha256 of the ``model.safetensors`` it was written for (``privzoo.weights_sha256``, the
+same value as the file's Git LFS oid on the Hub); metrics cannot be added to a card whose weights changed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+__all__ = [
+    "CARD_CONTEXT_KEYS",
+    "DATASETS",
+    "GENERIC_THREAT_MODEL",
+    "METRICS_END",
+    "METRICS_START",
+    "StaleCardError",
+    "file_sha256",
+    "read_card_metrics",
+    "render_card",
+    "update_card_metrics",
+]
+
+CARD_NAME = "README.md"
+WEIGHTS_NAME = "model.safetensors"
+METRICS_START = "<!-- privzoo:metrics:start -->"
+METRICS_END = "<!-- privzoo:metrics:end -->"
+LICENSE = "apache-2.0"
+
+GENERIC_THREAT_MODEL = (
+    "The privacy this model offers is **empirical**: it was measured against the attackers, data and "
+    "metrics reported in the table above, and it is **not a formal guarantee** (no differential-privacy "
+    "epsilon, no proof). An adaptive attacker who knows the method, a stronger or differently trained "
+    "model, other data, or side information may recover more than these numbers suggest. Measure it "
+    "against your own threat model before relying on it."
+)
+
+# datamodule class name -> (display name, Hugging Face Hub dataset id for the card's ``datasets`` field)
+DATASETS: dict[str, tuple[str, str | None]] = {
+    "FashionMNISTDataModule": ("Fashion-MNIST", "zalando-datasets/fashion_mnist"),
+    "MNISTDataModule": ("MNIST", "ylecun/mnist"),
+    "CIFAR10DataModule": ("CIFAR-10", "uoft-cs/cifar10"),
+    "CelebADataModule": ("CelebA", None),
+}
+
+#: keys accepted in ``save_pretrained(..., model_card_kwargs={...})``
+CARD_CONTEXT_KEYS = {
+    "name": "zoo name of the checkpoint (title and loading example), e.g. 'ppl-fashion-mnist-16bit'",
+    "repo_id": "Hub repo id (default 'privzoo/<name>')",
+    "dataset": "display name of the training dataset, e.g. 'Fashion-MNIST'",
+    "dataset_id": "Hub dataset id for the front matter, e.g. 'zalando-datasets/fashion_mnist'",
+    "datamodule": "{'class_path': ..., 'init_args': {...}} of the datamodule the weights were trained with",
+    "split": "free text describing the split (train / val / test / query / database)",
+    "training_config": "the LightningCLI config YAML (text) of the training run",
+    "training_config_path": "where that YAML came from (shown in the card)",
+    "source": "where the weights came from, e.g. 'runs/x/last.ckpt (epoch 9, global step 4690)'",
+}
+
+
+class StaleCardError(ValueError):
+    """The card in a folder was written for other weights than its ``model.safetensors``."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file (for ``model.safetensors``: the Git LFS oid the Hub shows)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _first_doc_line(cls: type) -> str:
+    doc = (cls.__doc__ or "").strip()
+    return doc.splitlines()[0].strip() if doc else cls.__name__
+
+
+def _loading_example(cls: type, name: str | None, repo_id: str | None) -> str:
+    usage = getattr(cls, "card_usage", None) or "out = model(x)"
+    if name:
+        lines = ["from models.zoo import load", f'model = load("{name}")  # eval mode, CPU', usage]
+    else:
+        target = repo_id or "path/to/this/folder"
+        module, _, cls_name = _class_path(cls).rpartition(".")
+        lines = [f"from {module} import {cls_name}", f'model = {cls_name}.from_pretrained("{target}")', usage]
+    return "```python\n" + "\n".join(lines) + "\n```"
+
+
+def _dataset_section(context: Mapping[str, Any]) -> str:
+    datamodule = context.get("datamodule") or {}
+    lines = []
+    dataset = context.get("dataset")
+    if dataset:
+        lines.append(
+            f"- **Dataset**: {dataset}"
+            + (f" (Hub id `{context['dataset_id']}`)" if context.get("dataset_id") else "")
+        )
+    if datamodule.get("class_path"):
+        lines.append(f"- **Datamodule**: `{datamodule['class_path']}`")
+    if context.get("split"):
+        lines.append(f"- **Split**: {context['split']}")
+    init_args = {k: v for k, v in (datamodule.get("init_args") or {}).items() if k != "data_dir"}
+    if init_args:
+        lines.append("- **Datamodule arguments** (they define the split; `data_dir` omitted):")
+        lines.append("")
+        lines.append("| argument | value |")
+        lines.append("| --- | --- |")
+        lines += [f"| `{k}` | `{json.dumps(v)}` |" for k, v in sorted(init_args.items())]
+    return "\n".join(lines) if lines else "Not recorded (the weights were saved without a training context)."
+
+
+def _metrics_block(metrics: list[dict[str, Any]], weights_sha256: str | None) -> str:
+    if not metrics:
+        body = (
+            "No metrics measured yet. They are written here by the evaluation script (through "
+            "`models.cards.update_card_metrics`), never by hand."
+        )
+    else:
+        rows = [
+            "| metric | value | dataset | split | source | measured (UTC) |",
+            "| --- | ---: | --- | --- | --- | --- |",
+        ]
+        for m in metrics:
+            value = m["value"]
+            shown = f"{value:.4f}" if math.isfinite(value) else str(value)
+            rows.append(
+                f"| `{m['name']}` | {shown} | {m.get('dataset') or ''} | {m.get('split') or ''} | "
+                f"`{m['source']}` | {m['date']} |"
+            )
+        body = "\n".join(rows)
+        if weights_sha256:
+            body += f"\n\nMeasured on `model.safetensors` with sha256 `{weights_sha256}`."
+    return f"{METRICS_START}\n{body}\n{METRICS_END}"
+
+
+def _eval_results(
+    model_name: str, task: str, dataset_id: str | None, metrics: list[dict[str, Any]]
+) -> list[EvalResult]:
+    return [
+        EvalResult(
+            task_type=task,
+            dataset_type=m.get("dataset_id") or dataset_id or (m.get("dataset") or "unknown"),
+            dataset_name=m.get("dataset") or "unknown",
+            dataset_split=m.get("split"),
+            metric_type=m["name"],
+            metric_name=m["name"],
+            metric_value=m["value"],
+        )
+        for m in metrics
+        if math.isfinite(m["value"])
+    ]
+
+
+def render_card(
+    cls: type, config: Mapping[str, Any], weights_sha256: str, context: Mapping[str, Any] | None = None
+) -> ModelCard:
+    """Builds the model card of a checkpoint folder (no metrics yet).
+
+    Args:
+        cls: the model class (reads ``card_method``, ``card_paper``, ``card_paper_url``,
+            ``card_threat_model``, ``card_usage``, ``card_task``, ``card_tags`` from it).
+        config: the ``config.json`` content (the model's init arguments).
+        weights_sha256: sha256 of the ``model.safetensors`` written next to the card.
+        context: training context, keys in :data:`CARD_CONTEXT_KEYS`.
+
+    Returns:
+        The card; ``card.save(folder / "README.md")`` writes it.
+
+    Raises:
+        ValueError: an unknown context key.
+    """
+    context = dict(context or {})
+    unknown = sorted(set(context) - set(CARD_CONTEXT_KEYS))
+    if unknown:
+        raise ValueError(
+            f"unknown model card key(s) {unknown}; use {sorted(CARD_CONTEXT_KEYS)} "
+            "(see models.cards.CARD_CONTEXT_KEYS)"
+        )
+    datamodule = context.get("datamodule") or {}
+    dm_name = str(datamodule.get("class_path", "")).rpartition(".")[2]
+    if dm_name in DATASETS:
+        context.setdefault("dataset", DATASETS[dm_name][0])
+        if DATASETS[dm_name][1]:
+            context.setdefault("dataset_id", DATASETS[dm_name][1])
+    name = context.get("name")
+    repo_id = context.get("repo_id") or (f"privzoo/{name}" if name else None)
+    method = getattr(cls, "card_method", None) or _first_doc_line(cls)
+    paper = getattr(cls, "card_paper", None)
+    paper_url = getattr(cls, "card_paper_url", None)
+    task = getattr(cls, "card_task", None) or "image-feature-extraction"
+    threat = getattr(cls, "card_threat_model", None) or GENERIC_THREAT_MODEL
+    tags = sorted(
+        set(getattr(cls, "card_tags", ()) or ())
+        | set(getattr(getattr(cls, "_hub_mixin_info", None), "model_card_data", ModelCardData()).tags or [])
+        | {"privzoo", "pytorch"}
+    )
+
+    data = ModelCardData(
+        library_name="privzoo",
+        license=LICENSE,
+        tags=tags,
+        pipeline_tag=task,
+        datasets=[context["dataset_id"]] if context.get("dataset_id") else None,
+        model_name=name or cls.__name__,
+        privzoo={
+            "class_path": _class_path(cls),
+            "weights_sha256": weights_sha256,
+            "dataset": context.get("dataset"),
+            "dataset_id": context.get("dataset_id"),
+            "task": task,
+            "metrics": [],
+        },
+    )
+    paper_line = paper or "see the method's module docstring"
+    if paper_url:
+        paper_line += f" — <{paper_url}>"
+    cli_yaml = context.get("training_config")
+    cli_part = (
+        f"LightningCLI config (`{context.get('training_config_path') or 'config.yaml'}`), as run:\n\n"
+        f"```yaml\n{cli_yaml.rstrip()}\n```"
+        if cli_yaml
+        else "The LightningCLI config of the training run was not recorded with these weights."
+    )
+    sections = [
+        f"# {name or cls.__name__}",
+        f"- **Method**: {method}\n- **Paper**: {paper_line}\n- **Class**: `{_class_path(cls)}` "
+        f"([privzoo](https://github.com/privzoo/privzoo))"
+        + (f"\n- **Hub repo**: `{repo_id}`" if repo_id else "")
+        + f"\n- **Weights**: `{WEIGHTS_NAME}` (safetensors, sha256 `{weights_sha256}`)"
+        + (f"\n- **Weights source**: {context['source']}" if context.get("source") else ""),
+        "## Loading\n\n" + _loading_example(cls, name, repo_id),
+        "## Dataset and split\n\n" + _dataset_section(context),
+        "## Training config\n\nModel init arguments (`config.json`, rebuilds the model):\n\n"
+        f"```json\n{json.dumps(dict(config), sort_keys=True, indent=2)}\n```\n\n{cli_part}",
+        "## Metrics\n\n" + _metrics_block([], None),
+        "## Threat model and limits\n\n" + threat,
+    ]
+    text = "\n\n".join(sections) + "\n"
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}")
+
+
+def _load_card(folder: Path) -> ModelCard:
+    path = folder / CARD_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: write the folder with save_pretrained or "
+            "scripts/convert_checkpoint.py first"
+        )
+    card = ModelCard.load(path)
+    info = getattr(card.data, "privzoo", None)
+    if not isinstance(info, dict) or METRICS_START not in card.text or METRICS_END not in card.text:
+        raise ValueError(
+            f"{path} is not a privzoo model card (no 'privzoo' front matter or metrics markers): "
+            "write it with save_pretrained / scripts/convert_checkpoint.py"
+        )
+    return card
+
+
+def read_card_metrics(folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """The metrics recorded in a folder's card: ``[{name, value, dataset, split, source, date}]``."""
+    return list(_load_card(Path(folder)).data.privzoo.get("metrics") or [])
+
+
+def update_card_metrics(
+    folder: str | os.PathLike,
+    metrics: Mapping[str, float],
+    source: str,
+    *,
+    split: str = "test",
+    dataset: str | None = None,
+) -> ModelCard:
+    """Writes measured metrics into the card of a checkpoint folder (the only way metrics get there).
+
+    A metric with the same name, dataset and split as a recorded one replaces it; the others are kept.
+
+    Args:
+        folder: checkpoint folder with ``README.md`` (a privzoo card) and ``model.safetensors``.
+        metrics: metric name -> value, e.g. ``{"test/map_cc": 0.91}`` (numbers only).
+        source: the script / command that measured them, e.g. ``"scripts/demo.py"``.
+        split: the data split they were measured on.
+        dataset: display name of the dataset; default: the card's training dataset.
+
+    Returns:
+        The updated card (also saved to ``folder/README.md``).
+
+    Raises:
+        StaleCardError: ``model.safetensors`` is not the file the card was written for.
+        ValueError: empty metrics, a non-numeric value, an empty source, not a privzoo card.
+        FileNotFoundError: no card or no weights in the folder.
+    """
+    folder = Path(folder)
+    if not source or not str(source).strip():
+        raise ValueError("source must name the script that measured the metrics, e.g. 'scripts/demo.py'")
+    if not metrics:
+        raise ValueError("metrics is empty: pass {name: value} as measured by the evaluation script")
+    clean: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+            raise ValueError(f"metric {key!r} must be a number, got {type(value).__name__}: {value!r}")
+        clean[str(key)] = float(value)
+    card = _load_card(folder)
+    info = dict(card.data.privzoo)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} does not exist: the card has no weights to describe")
+    sha = file_sha256(weights)
+    if info.get("weights_sha256") != sha:
+        raise StaleCardError(
+            f"{folder / CARD_NAME} was written for model.safetensors with sha256 "
+            f"{info.get('weights_sha256')}, but {weights} has sha256 {sha}: the weights changed after the "
+            "card was written. Re-save the folder with save_pretrained (or scripts/convert_checkpoint.py) "
+            "and measure again."
+        )
+    dataset = dataset or info.get("dataset")
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    new = [
+        {"name": k, "value": v, "dataset": dataset, "split": split, "source": str(source), "date": date}
+        for k, v in clean.items()
+    ]
+    keys = {(m["name"], m["dataset"], m["split"]) for m in new}
+    kept = [m for m in info.get("metrics") or [] if (m["name"], m.get("dataset"), m.get("split")) not in keys]
+    recorded = sorted(kept + new, key=lambda m: (str(m.get("split")), m["name"]))
+    info["metrics"] = recorded
+    card.data.privzoo = info
+    card.data.metrics = sorted({m["name"] for m in recorded})
+    card.data.model_name = card.data.model_name or folder.name
+    card.data.eval_results = (
+        _eval_results(
+            card.data.model_name,
+            info.get("task") or "image-feature-extraction",
+            info.get("dataset_id"),
+            recorded,
+        )
+        or None
+    )
+    pattern = re.compile(re.escape(METRICS_START) + ".*?" + re.escape(METRICS_END), flags=re.S)
+    card.text = pattern.sub(lambda _: _metrics_block(recorded, sha), card.text, count=1)
+    card.save(folder / CARD_NAME)
+    return card

@@ -1,0 +1,300 @@
+"""The zoo (models.zoo): registry, offline loading, evaluate entries; scripts/convert_checkpoint.py and
+scripts/publish.py (dry run and a fake Hub API)."""
+
+import json
+import sys
+
+import lightning as L
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+from datamodules import FashionMNISTDataModule
+from models import zoo
+from models.cards import read_card_metrics, update_card_metrics
+from models.classifier import ImageClassifier
+from models.hub import ConfigError, MissingFileError, PickleWeightsError
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import convert_checkpoint  # noqa: E402
+import publish  # noqa: E402
+from cli import cli_main  # noqa: E402
+
+
+def evaluate_accuracy(model: torch.nn.Module, data_dir: str, batch_size: int = 32) -> dict[str, float]:
+    """A zoo ``evaluate`` function: test accuracy of a classifier on Fashion-MNIST in ``data_dir``."""
+    dm = FashionMNISTDataModule(data_dir=data_dir, batch_size=batch_size, val_size=32)
+    trainer = L.Trainer(
+        logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu"
+    )
+    return {"acc": trainer.test(model, datamodule=dm, verbose=False)[0]["test/acc"]}
+
+
+TINY = zoo.ZooEntry(
+    name="clf-tiny",
+    class_path="models.classifier.ImageClassifier",
+    dataset="Fashion-MNIST",
+    evaluate="test_zoo.evaluate_accuracy",
+    evaluate_kwargs={"batch_size": 16},
+    utility="acc",
+    privacy="acc",
+    paper={"acc": 0.9},
+    paper_ref="not a paper: a test entry",
+)
+
+
+@pytest.fixture
+def tiny_zoo(tmp_path, monkeypatch):
+    """A zoo with one entry, ``clf-tiny``, whose folder is written into a temporary checkpoints dir."""
+    monkeypatch.setattr(zoo, "CHECKPOINTS_DIR", tmp_path / "checkpoints")
+    monkeypatch.setattr(zoo, "REGISTRY", {TINY.name: TINY})
+    torch.manual_seed(0)
+    model = ImageClassifier(num_classes=10, in_chans=1)
+    model.save_pretrained(TINY.folder, model_card_kwargs={"name": TINY.name, "dataset": TINY.dataset})
+    return model
+
+
+def test_available_and_load_from_the_shipped_folder_offline(tiny_zoo):
+    assert zoo.available() == ["clf-tiny"] and zoo.zoo_entries() == [TINY]
+    assert TINY.repo_id == "privzoo/clf-tiny" and TINY.folder == zoo.CHECKPOINTS_DIR / "clf-tiny"
+    model = zoo.load("clf-tiny")
+    assert isinstance(model, ImageClassifier) and not model.training
+    for key, value in tiny_zoo.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert zoo.load("clf-tiny", source="local") is not None
+
+
+def test_unknown_name_lists_the_available_ones(tiny_zoo, monkeypatch):
+    with pytest.raises(zoo.UnknownCheckpointError, match=r"unknown checkpoint 'nope'; available: clf-tiny"):
+        zoo.load("nope")
+    with pytest.raises(KeyError):  # it is a KeyError too
+        zoo.get_entry("nope")
+    monkeypatch.setattr(zoo, "REGISTRY", {})
+    with pytest.raises(zoo.UnknownCheckpointError, match="none yet"):
+        zoo.load("clf-tiny")
+    with pytest.raises(ValueError, match="source"):
+        zoo.load("clf-tiny", source="web")
+
+
+def test_broken_shipped_folder_is_an_error_not_a_silent_hub_fallback(tiny_zoo):
+    (TINY.folder / "config.json").unlink()
+    with pytest.raises(MissingFileError, match=r"clf-tiny/config\.json does not exist"):
+        zoo.load("clf-tiny")
+
+
+def test_without_a_folder_the_hub_is_tried_and_offline_says_so(tiny_zoo, tmp_path):
+    for path in TINY.folder.iterdir():
+        path.unlink()
+    TINY.folder.rmdir()
+    with pytest.raises(
+        MissingFileError, match=r"clf-tiny.*does not exist, and from the Hub: 'privzoo/clf-tiny'"
+    ):
+        zoo.load("clf-tiny", cache_dir=tmp_path / "hf")
+    with pytest.raises(MissingFileError, match="does not exist"):
+        zoo.load("clf-tiny", source="local")
+
+
+def test_evaluate_entry_runs_and_its_numbers_go_into_the_card(tiny_zoo, fashion_mnist_dir):
+    evaluate = TINY.evaluate_fn()
+    metrics = evaluate(zoo.load("clf-tiny"), str(fashion_mnist_dir))
+    assert set(metrics) == {"acc"} and 0.0 <= metrics["acc"] <= 1.0
+    update_card_metrics(TINY.folder, metrics, source="tests/test_zoo.py")
+    assert read_card_metrics(TINY.folder)[0]["value"] == pytest.approx(metrics["acc"])
+
+
+def test_entry_validation():
+    with pytest.raises(ValueError, match="plain folder name"):
+        zoo.ZooEntry(name="a/b", class_path="models.classifier.ImageClassifier", dataset="x")
+    with pytest.raises(ValueError, match="no value for metric 'map'"):
+        zoo.ZooEntry(name="a", class_path="x.Y", dataset="x", utility="map", paper={"acc": 1.0})
+    with pytest.raises(TypeError, match="not a PrivzooHubMixin"):
+        zoo.resolve_class("torch.nn.Linear")
+    with pytest.raises(ImportError, match="no 'Nope'"):
+        zoo.resolve_class("models.classifier.Nope")
+    with pytest.raises(ValueError, match="no evaluate"):
+        zoo.ZooEntry(name="a", class_path="x.Y", dataset="x").evaluate_fn()
+    with pytest.raises(TypeError):  # entries are read-only
+        TINY.paper["acc"] = 1.0
+
+
+def test_registry_and_checkpoints_folder_agree():
+    folders = (
+        sorted(p.name for p in zoo.CHECKPOINTS_DIR.iterdir() if p.is_dir())
+        if zoo.CHECKPOINTS_DIR.is_dir()
+        else []
+    )
+    assert folders == zoo.available(), "every checkpoints/<name>/ folder needs a ZooEntry, and vice versa"
+    for entry in zoo.zoo_entries():
+        zoo.resolve_class(entry.class_path)
+        if entry.evaluate:
+            zoo.resolve_callable(entry.evaluate)
+
+
+@pytest.mark.parametrize("name", zoo.available())
+def test_every_shipped_checkpoint_loads_offline(name):
+    entry = zoo.get_entry(name)
+    model = zoo.load(name, source="local")
+    assert isinstance(model, entry.model_class()) and not model.training
+    config = json.loads((entry.folder / "config.json").read_text())
+    assert dict(model.hparams) == config
+    assert (entry.folder / "model.safetensors").stat().st_size < 20 * 2**20
+
+
+# ------------------------------------------------------------------------------------------------------
+# scripts/convert_checkpoint.py
+# ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """A real ``scripts/cli.py fit`` run (1 epoch on a tiny Fashion-MNIST): its folder with checkpoints."""
+    from fixtures import write_mnist_idx
+
+    root = tmp_path_factory.mktemp("cli_run")
+    write_mnist_idx(root / "data" / "FashionMNIST" / "raw", n_train=128, n_test=64, seed=0)
+    cli = cli_main(
+        [
+            "fit",
+            f"--config={REPO_ROOT / 'configs' / 'classifier' / 'fashion_mnist.yaml'}",
+            f"--data.init_args.data_dir={root / 'data'}",
+            "--data.init_args.batch_size=32",
+            "--data.init_args.val_size=32",
+            "--trainer.max_epochs=1",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            "--trainer.logger=CSVLogger",
+            f"--trainer.logger.save_dir={root / 'logs'}",
+        ]
+    )
+    from pathlib import Path
+
+    return Path(cli.trainer.log_dir)
+
+
+def test_convert_a_cli_checkpoint_in_one_command(cli_run, tmp_path, capsys):
+    ckpt = cli_run / "checkpoints" / "last.ckpt"
+    out = tmp_path / "clf-fashion-mnist"
+    assert (
+        convert_checkpoint.main([str(ckpt), str(out), "--split", "standard split, 32 validation images"]) == 0
+    )
+    assert "loads back identically" in capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    model = ImageClassifier.from_pretrained(out)
+    assert model.state_dict().keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    config = json.loads((out / "config.json").read_text())
+    assert config == {"num_classes": 10, "in_chans": 1, "backbone": "small_cnn", "pretrained": False,
+                      "lr": 0.001, "weight_decay": 0.0}  # fmt: skip
+    card = (out / "README.md").read_text()
+    assert "datamodules.FashionMNISTDataModule" in card and "zalando-datasets/fashion_mnist" in card
+    assert "standard split, 32 validation images" in card and "| `val_size` | `32` |" in card
+    assert (
+        "LightningCLI config (`config.yaml`)" in card
+        and "class_path: models.classifier.ImageClassifier" in card
+    )
+    assert "`last.ckpt` (epoch 0, global step 3" in card
+    # the class given explicitly must agree with the checkpoint's
+    assert (
+        convert_checkpoint.main(
+            [str(ckpt), str(out), "--force", "--class", "models.classifier.ImageClassifier"]
+        )
+        == 0
+    )
+    assert convert_checkpoint.main([str(ckpt), str(tmp_path / "x"), "--class", "tests_missing.Nope"]) == 1
+    assert "cannot import" in capsys.readouterr().err
+
+
+def test_convert_refuses_to_clobber_and_explains_missing_class(cli_run, tmp_path, capsys):
+    ckpt = cli_run / "checkpoints" / "last.ckpt"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("measured metrics")
+    assert convert_checkpoint.main([str(ckpt), str(out)]) == 1
+    assert "--force" in capsys.readouterr().err and (out / "README.md").read_text() == "measured metrics"
+
+    # a checkpoint from a plain Trainer (no LightningCLI): no class path stored, --class is needed
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"].pop("_class_path")
+    checkpoint["hyper_parameters"].pop("_instantiator")
+    plain = tmp_path / "plain.ckpt"
+    torch.save(checkpoint, plain)
+    assert convert_checkpoint.main([str(plain), str(tmp_path / "p")]) == 1
+    assert "pass --class" in capsys.readouterr().err
+    args = [str(plain), str(tmp_path / "p"), "--class", "models.classifier.ImageClassifier"]
+    assert convert_checkpoint.main(args) == 0
+    assert (
+        "LightningCLI config of the training run was not recorded"
+        in (tmp_path / "p" / "README.md").read_text()
+    )
+
+    checkpoint["hyper_parameters"]["num_classes"] = 3  # hparams that do not fit the weights
+    torch.save(checkpoint, plain)
+    assert convert_checkpoint.main([*args[:1], str(tmp_path / "q"), *args[2:]]) == 1
+    assert "do not fit ImageClassifier" in capsys.readouterr().err
+    checkpoint["hyper_parameters"]["depth"] = 3
+    torch.save(checkpoint, plain)
+    with pytest.raises(ConfigError, match="depth"):
+        convert_checkpoint.convert(plain, tmp_path / "r", class_path="models.classifier.ImageClassifier")
+    with pytest.raises(convert_checkpoint.ConversionError, match="not a Lightning checkpoint"):
+        torch.save({"weights": torch.zeros(1)}, plain)
+        convert_checkpoint.convert(plain, tmp_path / "s")
+
+
+# ------------------------------------------------------------------------------------------------------
+# scripts/publish.py
+# ------------------------------------------------------------------------------------------------------
+class FakeApi:
+    calls: list = []
+
+    def __init__(self, token=None):
+        FakeApi.calls.append(("init", token))
+
+    def create_repo(self, **kwargs):
+        FakeApi.calls.append(("create_repo", kwargs))
+        return type("RepoUrl", (), {"repo_id": kwargs["repo_id"]})()
+
+    def upload_folder(self, **kwargs):
+        FakeApi.calls.append(("upload_folder", kwargs))
+        return type("CommitInfo", (), {"commit_url": f"https://hub/{kwargs['repo_id']}/commit/1"})()
+
+
+def test_publish_dry_run_lists_repo_ids_and_files_without_network(tiny_zoo, capsys, monkeypatch):
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the dry run touched the Hub API")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", no_network)
+    assert publish.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"privzoo/clf-tiny  <-  {TINY.folder}/" in out
+    for name in ("config.json", "model.safetensors", "README.md"):
+        assert f"    {name}  " in out
+    assert "nothing uploaded" in out
+    assert publish.main(["--dry-run", "--only", "nope"]) == 1
+    assert "available: clf-tiny" in capsys.readouterr().err
+
+
+def test_publish_creates_repos_and_uploads_folders(tiny_zoo, capsys):
+    FakeApi.calls = []
+    done = publish.publish(publish.plan(), dry_run=False, token="hf_x", api_factory=FakeApi)
+    assert done == ["https://hub/privzoo/clf-tiny/commit/1"]
+    (_, token), (_, create), (_, upload) = FakeApi.calls
+    assert token == "hf_x"
+    assert create == {"repo_id": "privzoo/clf-tiny", "repo_type": "model", "private": None, "exist_ok": True}
+    assert upload["repo_id"] == "privzoo/clf-tiny" and upload["folder_path"] == str(TINY.folder)
+    assert sorted(upload["allow_patterns"]) == ["README.md", "config.json", "model.safetensors"]
+
+
+def test_publish_refuses_pickles_orphans_and_broken_folders(tiny_zoo, capsys):
+    torch.save({}, TINY.folder / "pytorch_model.bin")
+    with pytest.raises(PickleWeightsError, match="safetensors only"):
+        publish.plan()
+    (TINY.folder / "pytorch_model.bin").unlink()
+    (zoo.CHECKPOINTS_DIR / "stray").mkdir()
+    assert publish.main(["--dry-run"]) == 1
+    assert "['stray'] without a zoo entry" in capsys.readouterr().err
+    assert publish.main(["--dry-run", "--only", "clf-tiny"]) == 0  # --only looks at that folder alone
+    (TINY.folder / "config.json").write_text("{broken")
+    assert publish.main(["--dry-run", "--only", "clf-tiny"]) == 1
+    assert "not valid JSON" in capsys.readouterr().err
