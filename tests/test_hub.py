@@ -365,3 +365,15 @@ def test_update_card_metrics_writes_table_and_model_index(saved):
         update_card_metrics(folder, {"test/acc": 0.9}, source="s")
     model.save_pretrained(folder)  # a proper save writes a fresh card
     assert read_card_metrics(folder) == []
+
+
+@pytest.mark.gpu
+def test_map_location_cuda_and_saving_from_the_gpu(saved, tmp_path):
+    model, folder = saved
+    loaded = ImageClassifier.from_pretrained(folder, map_location="cuda")
+    assert all(p.is_cuda for p in loaded.parameters()) and not loaded.training
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.allclose(loaded(x.cuda()).cpu(), model.eval()(x), atol=1e-5)
+    loaded.save_pretrained(tmp_path / "from-gpu")  # written from CUDA tensors: the same bytes as from the CPU
+    written = (tmp_path / "from-gpu" / "model.safetensors").read_bytes()
+    assert written == (folder / "model.safetensors").read_bytes()

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from models.classifier import ImageClassifier
 
 NAME = "clf-olah"
+PICKLE_NAME = "clf-pickle-only"
 START_TIMEOUT_S = 15.0
 
 DOWNLOAD = """
@@ -34,8 +35,15 @@ from models.classifier import ImageClassifier
 assert constants.ENDPOINT == sys.argv[1] and not constants.HF_HUB_OFFLINE
 model = ImageClassifier.from_pretrained("privzoo/{name}", cache_dir=sys.argv[2])
 save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, sys.argv[3])
+errors = {{}}
+for bad in ("privzoo/{pickle_name}", "privzoo/not-in-the-mirror"):
+    try:
+        ImageClassifier.from_pretrained(bad, cache_dir=sys.argv[2])
+        errors[bad] = None
+    except Exception as err:
+        errors[bad] = [type(err).__name__, str(err)]
 print(json.dumps({{"training": model.training, "hparams": dict(model.hparams),
-                  "device": str(next(model.parameters()).device)}}))
+                  "device": str(next(model.parameters()).device), "errors": errors}}))
 """
 
 
@@ -43,6 +51,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def git_commit_all(repo: Path) -> None:
+    git("init", "-q", "-b", "main", cwd=repo)
+    git("add", ".", cwd=repo)
+    git("commit", "-q", "-m", "checkpoint", cwd=repo)
 
 
 def git(*args: str, cwd: Path) -> None:
@@ -59,14 +73,14 @@ def git(*args: str, cwd: Path) -> None:
 
 @pytest.fixture
 def olah_mirror(tmp_path):
-    """An offline olah on 127.0.0.1 serving ``tmp/mirrors/models/privzoo/<NAME>`` (a git repo to fill)."""
+    """An offline olah on 127.0.0.1 serving git repos under ``tmp/mirrors/models/privzoo/`` (to fill)."""
     olah = shutil.which("olah-cli", path=str(Path(sys.executable).parent)) or shutil.which("olah-cli")
     if olah is None:
         pytest.skip("olah cannot start: no olah-cli executable (pip install olah)")
     if shutil.which("git") is None:
         pytest.skip("olah cannot serve local repos: no git executable")
-    repo = tmp_path / "mirrors" / "models" / "privzoo" / NAME
-    repo.mkdir(parents=True)
+    org = tmp_path / "mirrors" / "models" / "privzoo"
+    org.mkdir(parents=True)
     port = free_port()
     config = tmp_path / "olah.toml"
     config.write_text(
@@ -102,7 +116,7 @@ def olah_mirror(tmp_path):
                         f"olah cannot start: port {port} did not answer within {START_TIMEOUT_S:.0f} s"
                     )
                 time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}", repo
+        yield f"http://127.0.0.1:{port}", org
     finally:
         process.terminate()
         try:
@@ -114,13 +128,18 @@ def olah_mirror(tmp_path):
 
 
 def test_from_pretrained_over_http_from_an_olah_mirror_loads_identical_weights(olah_mirror, tmp_path):
-    endpoint, repo = olah_mirror
+    endpoint, org = olah_mirror
     torch.manual_seed(0)
     model = ImageClassifier(num_classes=10, in_chans=1)
+    repo = org / NAME
     model.save_pretrained(repo, model_card_kwargs={"name": NAME})
-    git("init", "-q", "-b", "main", cwd=repo)
-    git("add", "config.json", "model.safetensors", "README.md", cwd=repo)
-    git("commit", "-q", "-m", "checkpoint", cwd=repo)
+    git_commit_all(repo)
+    # a repo with pickle weights only: refused over HTTP too
+    pickled = org / PICKLE_NAME
+    model.save_pretrained(pickled)
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    git_commit_all(pickled)
 
     downloaded = tmp_path / "downloaded.safetensors"
     env = {
@@ -139,7 +158,8 @@ def test_from_pretrained_over_http_from_an_olah_mirror_loads_identical_weights(o
     env.pop("HF_TOKEN", None)
     cache = tmp_path / "hf-cache"
     result = subprocess.run(
-        [sys.executable, "-c", DOWNLOAD.format(name=NAME), endpoint, str(cache), str(downloaded)],
+        [sys.executable, "-c", DOWNLOAD.format(name=NAME, pickle_name=PICKLE_NAME)]
+        + [endpoint, str(cache), str(downloaded)],
         env=env,
         capture_output=True,
         text=True,
@@ -161,3 +181,8 @@ def test_from_pretrained_over_http_from_an_olah_mirror_loads_identical_weights(o
     assert len(snapshots) == 1
     assert (snapshots[0] / "model.safetensors").read_bytes() == (repo / "model.safetensors").read_bytes()
     assert "GET /privzoo/clf-olah/resolve/" in (tmp_path / "olah.log").read_text()
+
+    kind, message = info["errors"][f"privzoo/{PICKLE_NAME}"]
+    assert kind == "PickleWeightsError" and "pytorch_model.bin" in message and "arbitrary code" in message
+    kind, message = info["errors"]["privzoo/not-in-the-mirror"]
+    assert kind == "MissingFileError" and "privzoo/not-in-the-mirror" in message
