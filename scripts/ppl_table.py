@@ -56,6 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-domains", nargs="+", default=["C", "A"], choices=["C", "A"])
     p.add_argument("--ppl-ckpt", default=None, help="trained PPL checkpoint (one --bits value); else train")
     p.add_argument("--ppl-arg", action="append", default=[], help="CLI override for PPL, key=value")
+    p.add_argument(
+        "--victim-ckpt",
+        action="append",
+        default=[],
+        metavar="VICTIM:DOMAIN=PATH",
+        help="evaluate this trained victim instead of training it, e.g. adsh:C=runs/adsh/last.ckpt "
+        "(a clean-trained victim does not depend on PPL, so it can be trained beforehand)",
+    )
     p.add_argument("--victim-arg", action="append", default=[], help="CLI override for victims, key=value")
     p.add_argument("--data-arg", action="append", default=[], help="CLI override for all data, key=value")
     p.add_argument("--out", default="runs/ppl_table")
@@ -91,12 +99,33 @@ def train_ppl(args, bits: int, root: Path) -> PPL:
     cli = _cli(cfg, extra, root)
     t0 = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    print(f"[ppl {bits} bits] trained in {time.perf_counter() - t0:.0f} s")
+    cli.trainer.save_checkpoint(root / "final.ckpt")  # the final weights (last.ckpt may predate max_steps)
+    print(f"[ppl {bits} bits] trained in {time.perf_counter() - t0:.0f} s -> {root / 'final.ckpt'}")
     return cli.model.eval()
 
 
-def train_victim(args, victim: str, bits: int, domain: str, protector: PPL, root: Path):
+def _victim_ckpts(pairs: list[str]) -> dict[tuple[str, str], str]:
+    out = {}
+    for pair in pairs:
+        key, sep, path = pair.partition("=")
+        victim, _, domain = key.partition(":")
+        if not sep or victim not in ("adsh", "dsdh") or domain not in ("C", "A"):
+            raise SystemExit(f"--victim-ckpt {pair!r}: expected VICTIM:DOMAIN=PATH, e.g. adsh:C=last.ckpt")
+        if not Path(path).is_file():
+            raise SystemExit(f"--victim-ckpt {pair!r}: no such file {path}")
+        out[(victim, domain)] = path
+    return out
+
+
+def train_victim(
+    args, victim: str, bits: int, domain: str, pool: torch.Tensor, protected: torch.Tensor, root: Path
+):
+    """Trains (or loads) one victim on the clean or protected pool and measures the four scenarios.
+
+    ``pool`` / ``protected``: uint8 [N, C, H, W] clean image pool of the dataset and its released version.
+    """
     cfg = REPO / "configs" / victim / f"{args.dataset}.yaml"
+    ckpt = _victim_ckpts(args.victim_ckpt).get((victim, domain))
     extra = ["--model.init_args.bits", str(bits), "--trainer.limit_val_batches", "0"]
     extra += ["--checkpoint.monitor", "null"]
     if victim == "adsh":  # database codes from images: the database domain changes between scenarios
@@ -106,18 +135,23 @@ def train_victim(args, victim: str, bits: int, domain: str, protector: PPL, root
     dm = cli.datamodule
     dm.prepare_data()
     dm.setup("fit")
-    clean = {id(ds): ds.images for ds in (dm.query_set, dm.database_set, dm.train_set)}
-    if len({id(v) for v in clean.values()}) != 1:
-        raise RuntimeError("expected one in-memory image pool shared by query / database / train")
-    pool = dm.query_set.images
-    protected = protect_pool(protector, pool, args.batch_size)
+    for ds in (dm.query_set, dm.database_set, dm.train_set):
+        if not torch.equal(ds.images, pool):
+            raise RuntimeError(f"{victim}'s datamodule holds other images than the PPL pool: same dataset?")
     if domain == "A":  # every split now draws the released (protected) images
         for ds in (dm.query_set, dm.database_set, dm.train_set):
             ds.images = protected
-    t0 = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=dm)
-    fit_s = time.perf_counter() - t0
-    model = cli.model.eval()
+    if ckpt is None:
+        t0 = time.perf_counter()
+        cli.trainer.fit(cli.model, datamodule=dm)
+        fit_s = time.perf_counter() - t0
+        cli.trainer.save_checkpoint(root / "final.ckpt")
+        model = cli.model.eval()
+    else:
+        model = type(cli.model).load_from_checkpoint(ckpt, map_location="cpu").eval()
+        if model.bits != bits:
+            raise SystemExit(f"{ckpt} is a {model.bits}-bit {victim}, not {bits}")
+        fit_s = None
     q, d = dm.query_set.indices, dm.database_set.indices
     codes = {}
     for role, idx in (("query", q), ("db", d)):
@@ -125,19 +159,9 @@ def train_victim(args, victim: str, bits: int, domain: str, protector: PPL, root
         codes[f"{role}_a"] = hash_images(model.hash, protected[idx], args.batch_size)
     labels = dm.query_set.targets, dm.database_set.targets
     maps = scenario_maps(codes, *labels)
-    print(f"[{victim} {bits} bits, trained on {domain}] fit {fit_s:.0f} s: " + fmt(maps))
+    fit = f"fit {fit_s:.0f} s" if fit_s is not None else f"loaded {ckpt}"
+    print(f"[{victim} {bits} bits, trained on {domain}] {fit}: " + fmt(maps))
     return maps, fit_s
-
-
-_PROTECTED: dict[tuple[int, int], torch.Tensor] = {}
-
-
-def protect_pool(protector: PPL, pool: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """The protected version of an image pool, computed once per (protector, pool content)."""
-    key = (id(protector), hash(pool[:: max(1, len(pool) // 97)].numpy().tobytes()))
-    if key not in _PROTECTED:
-        _PROTECTED[key] = protect_uint8(protector.protect, pool, batch_size)
-    return _PROTECTED[key]
 
 
 def fmt(maps: dict[str, float]) -> str:
@@ -213,14 +237,24 @@ def main(argv: list[str] | None = None) -> dict:
                 raise SystemExit(f"{args.ppl_ckpt} is a {protector.bits}-bit PPL model, not {bits}")
         else:
             protector = train_ppl(args, bits, out / f"ppl_{bits}")
+        ppl_ckpt = args.ppl_ckpt or str(out / f"ppl_{bits}" / "final.ckpt")
         res: dict = {
-            "ppl": {"epsilon": protector.epsilon, "norm": protector.norm, "ckpt": args.ppl_ckpt},
+            "ppl": {"epsilon": protector.epsilon, "norm": protector.norm, "ckpt": ppl_ckpt},
             "rows": [],
         }
+        # one released (protected, 8-bit) version of the whole image pool, shared by every scenario
+        cli = _cli(REPO / "configs" / "ppl" / f"{args.dataset}.yaml", _overrides(args.data_arg), out / "tmp")
+        dm = cli.datamodule
+        dm.prepare_data()
+        dm.setup("test")
+        pool = dm.query_set.images
+        t0 = time.perf_counter()
+        protected = protect_uint8(protector.protect, pool, args.batch_size)
+        res["protect_s"] = time.perf_counter() - t0
         for victim in args.victims:
             for domain in args.train_domains:
                 root = out / f"{victim}_{domain}_{bits}{args.tag}"
-                maps, fit_s = train_victim(args, victim, bits, domain, protector, root)
+                maps, fit_s = train_victim(args, victim, bits, domain, pool, protected, root)
                 paper = (
                     PAPER_FMNIST_16.get((victim, domain))
                     if args.dataset == "fashion_mnist" and bits == 16
@@ -236,12 +270,6 @@ def main(argv: list[str] | None = None) -> dict:
                     }
                 )
         # the surrogate itself, and the image quality of the released protected test images
-        cli = _cli(REPO / "configs" / "ppl" / f"{args.dataset}.yaml", _overrides(args.data_arg), out / "tmp")
-        dm = cli.datamodule
-        dm.prepare_data()
-        dm.setup("test")
-        pool = dm.query_set.images
-        protected = protect_pool(protector, pool, args.batch_size)
         q, d = dm.query_set.indices, dm.database_set.indices
         codes = {}
         for role, idx in (("query", q), ("db", d)):

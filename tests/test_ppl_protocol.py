@@ -123,3 +123,16 @@ def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, m
     md = (tmp_path / "out" / "table.md").read_text()
     assert "| ADSH | A |" in md and "PSNR" in md
     assert list((tmp_path / "out" / "wandb").glob("offline-run-*"))  # the wandb table + image grid
+
+    # evaluating the saved final weights instead of training reproduces the row exactly
+    out = tmp_path / "out"
+    rerun = ["--bits", "8", "--out", str(tmp_path / "again"), "--victims", "adsh", "--train-domains", "C"]
+    rerun += ["--ppl-ckpt", str(out / "ppl_8" / "final.ckpt"), "--wandb", "disabled"]
+    rerun += ["--victim-ckpt", f"adsh:C={out / 'adsh_C_8' / 'final.ckpt'}"]
+    for d in data:
+        rerun += ["--data-arg", d]
+    again = ppl_table.main(rerun)
+    assert again["bits"]["8"]["rows"][0]["map"] == rows[0]["map"]
+    assert again["bits"]["8"]["quality"] == pytest.approx(q, rel=1e-5)
+    with pytest.raises(SystemExit, match="VICTIM:DOMAIN=PATH"):
+        ppl_table.main(rerun[:-2] + ["--victim-ckpt", "adsh=x.ckpt"])
