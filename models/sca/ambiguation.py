@@ -1,0 +1,238 @@
+"""Ambiguation (eqs. 4-5) and purification of sparse codes.
+
+The public code is ``p = phi(x) (+) n`` (eq. 4): ``Sp`` entries of the complement of the support get
+noise. For a curious server not to tell noise from information by value, the noise of one code is drawn
+from the distribution of that code's informative entries:
+
+* the informative entries of a code are its ``Sx`` largest magnitudes, i.e. the values with
+  ``|v| >= lambda`` (``lambda`` = the code's smallest kept magnitude). For i.i.d. coefficients this is
+  exactly the coefficient distribution *truncated to the complement* of ``(-lambda, lambda)``;
+* so each noise value is drawn from the empirical distribution of the coefficient at its position
+  (a per-position quantile table of ``W x`` over the training set), restricted to ``|v| >= lambda`` of the
+  code it goes into: the "complementary truncated Gaussian" of the Geneva code, with the empirical law
+  in place of the Gaussian (exact for non-Gaussian coefficients too);
+* the truncation point is the code's unseen next magnitude ``lambda' = r lambda`` (``r`` drawn from the
+  model's table of gap ratios), not ``lambda`` itself, since the smallest informative entry sits above
+  it, not at it;
+* the noise positions are drawn without replacement from the complement of the support with
+  probability ``P(|v_l| >= lambda')``, the chance that position ``l`` is informative in a code with that
+  threshold, so the positions do not give the noise away either.
+
+Ternary codes (values in ``{-1, 0, +1}``) get ``+-1`` noise with the sign probabilities of that same
+truncated law at the model's mean threshold.
+
+All randomness comes from an explicit ``torch.Generator`` when one is given.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ambiguate_codes",
+    "empirical_cdf",
+    "gap_ratios",
+    "empirical_quantile",
+    "purify",
+    "sample_complement_tail",
+    "value_quantiles",
+]
+
+
+def value_quantiles(values: Tensor, num_quantiles: int) -> Tensor:
+    """Per-column quantile table of ``values`` at ``linspace(0, 1, num_quantiles)``.
+
+    Args:
+        values: ``[M, D]`` coefficients (one data point per row).
+        num_quantiles: ``Q >= 2`` table size (``Q`` probabilities, endpoints = min and max).
+
+    Returns:
+        ``[D, Q]`` non-decreasing rows.
+    """
+    if values.shape[0] < 2:
+        raise ValueError(f"need at least 2 points to estimate quantiles, got {values.shape[0]}")
+    ordered = values.detach().sort(dim=0).values  # [M, D]
+    m = ordered.shape[0]
+    pos = torch.linspace(0, m - 1, num_quantiles, dtype=torch.float64, device=values.device)
+    lo, hi = pos.floor().long(), pos.ceil().long()
+    frac = (pos - lo).to(values.dtype)[:, None]
+    table = ordered[lo] * (1 - frac) + ordered[hi] * frac  # [Q, D]
+    return table.T.contiguous()
+
+
+def empirical_cdf(table: Tensor, t: Tensor) -> Tensor:
+    """``F(t)`` of the piecewise-linear law whose quantile rows are ``table``.
+
+    Args:
+        table: ``[K, Q]`` non-decreasing quantile rows.
+        t: ``[K]`` or ``[K, B]`` points (row ``k`` evaluated under law ``k``).
+
+    Returns:
+        Probabilities in ``[0, 1]``, the shape of ``t``.
+    """
+    flat = t.dim() == 1
+    t2 = t[:, None] if flat else t
+    q = table.shape[1]
+    idx = torch.searchsorted(table.contiguous(), t2.contiguous(), right=True)
+    hi = idx.clamp(1, q - 1)
+    lo = hi - 1
+    a, b = table.gather(1, lo), table.gather(1, hi)
+    frac = ((t2 - a) / (b - a).clamp(min=1e-12)).clamp(0, 1)
+    p = (lo.to(t2.dtype) + frac) / (q - 1)
+    p = torch.where(idx == 0, torch.zeros_like(p), torch.where(idx >= q, torch.ones_like(p), p))
+    return p[:, 0] if flat else p
+
+
+def empirical_quantile(table: Tensor, u: Tensor) -> Tensor:
+    """``F^-1(u)`` of the piecewise-linear law whose quantile rows are ``table``.
+
+    Args:
+        table: ``[K, Q]``.
+        u: ``[K]`` in ``[0, 1]``.
+
+    Returns:
+        ``[K]`` values.
+    """
+    q = table.shape[1]
+    pos = u.clamp(0, 1) * (q - 1)
+    lo = pos.floor().long().clamp(0, q - 2)
+    frac = (pos - lo.to(pos.dtype)).clamp(0, 1)
+    a, b = table.gather(1, lo[:, None]).squeeze(1), table.gather(1, (lo + 1)[:, None]).squeeze(1)
+    return a + (b - a) * frac
+
+
+def sample_complement_tail(table: Tensor, lam: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Draws ``v ~ F`` conditioned on ``|v| >= lambda`` (the complement of the truncation interval).
+
+    Args:
+        table: ``[K, Q]`` quantile rows of the law at each noise position.
+        lam: ``[K]`` thresholds (>= 0).
+        generator: random source.
+
+    Returns:
+        ``[K]`` values with ``|v| >= lambda`` (up to the table's resolution); where the law has no mass
+        beyond ``lambda`` the value is ``+-lambda`` with the sign of the law's larger tail.
+    """
+    below = empirical_cdf(table, -lam)  # mass of v <= -lambda
+    upper_start = empirical_cdf(table, lam)
+    above = 1 - upper_start  # mass of v >= lambda
+    total = below + above
+    u = torch.rand(lam.shape, generator=generator, device=lam.device, dtype=lam.dtype) * total
+    value = torch.where(
+        u < below, empirical_quantile(table, u), empirical_quantile(table, upper_start + u - below)
+    )
+    # keep the truncation exact where interpolation rounds inside (-lambda, lambda)
+    value = torch.where(value < 0, torch.minimum(value, -lam), torch.maximum(value, lam))
+    fallback = torch.where(above >= below, lam, -lam)
+    return torch.where(total > 1e-9, value, fallback)
+
+
+def gap_ratios(coefficients: Tensor, num_quantiles: int) -> Tensor:
+    """Quantile tables of ``|v|_(s+1) / |v|_(s)`` (next-largest over smallest kept magnitude) for every ``s``.
+
+    Args:
+        coefficients: ``[M, maps, L]`` transform coefficients.
+        num_quantiles: table size ``Q``.
+
+    Returns:
+        ``[maps, L, Q]``; row ``s - 1`` describes sparsity ``s`` (row ``L - 1``, nothing dropped, is 0).
+    """
+    m, maps, length = coefficients.shape
+    mags = coefficients.detach().abs().sort(dim=-1, descending=True).values  # [M, maps, L]
+    ratio = mags[..., 1:] / mags[..., :-1].clamp(min=1e-12)  # [M, maps, L - 1]
+    table = value_quantiles(ratio.reshape(m, -1), num_quantiles).view(maps, length - 1, num_quantiles)
+    return torch.cat([table, table.new_zeros(maps, 1, num_quantiles)], 1)
+
+
+def ambiguate_codes(
+    codes: Tensor,
+    sp: int,
+    quantiles: Tensor,
+    ratios: Tensor,
+    generator: torch.Generator | None = None,
+    ternary: bool = False,
+    threshold: Tensor | None = None,
+) -> Tensor:
+    """Adds ambiguation noise on ``sp`` positions of the complement of the support of every code map (eq. 4).
+
+    For a code map with ``s`` non-zeros and smallest kept magnitude ``lambda``, the informative entries are
+    the coefficients above the (unseen) next magnitude ``lambda' = r lambda``; ``r`` is drawn from the
+    model's table of such ratios. Given ``lambda'``, position ``l`` is informative with probability
+    ``T_l(lambda') = P(|v_l| >= lambda')`` and then holds a draw of ``v_l`` truncated to
+    ``|v_l| >= lambda'``; the noise copies exactly that: positions drawn (without replacement, off the
+    support) with weights ``T_l(lambda')``, values from the truncated law of their position.
+
+    Args:
+        codes: ``[B, maps, L]`` sparse codes (zeros off the support).
+        sp: noise entries per code map, ``0 <= sp <= L - (non-zeros of the map)``.
+        quantiles: ``[maps, L, Q]`` per-position quantile tables of the coefficients.
+        ratios: ``[maps, L, Q]`` gap-ratio tables (:func:`gap_ratios`).
+        generator: random source.
+        ternary: codes are ``{-1, 0, +1}``; noise is ``+-1`` (``lambda' = threshold``).
+        threshold: ``[maps]`` magnitude threshold of the ternary codes.
+
+    Returns:
+        ``[B, maps, L]`` public codes; the support entries are unchanged.
+    """
+    b, maps, length = codes.shape
+    if sp == 0:
+        return codes.clone()
+    support = codes != 0
+    count = support.sum(-1)  # [B, maps]
+    free = length - count
+    if bool((free < sp).any()):
+        raise ValueError(
+            f"sp={sp} noise entries do not fit: a code map has only {int(free.min())} free positions "
+            f"(L - Sx); use sp <= L - Sx"
+        )
+    dtype = codes.dtype
+    tables = quantiles.to(dtype)
+    map_id = torch.arange(maps, device=codes.device)
+    if ternary:
+        lam = threshold.to(dtype)[None].expand(b, maps)
+    else:
+        mags = codes.abs().masked_fill(~support, float("inf")).amin(-1)
+        lam = torch.where(torch.isfinite(mags), mags, torch.zeros_like(mags))  # an empty map: no truncation
+        rows = ratios.to(dtype)[map_id[None].expand(b, -1), (count - 1).clamp(min=0)]  # [B, maps, Q]
+        u = torch.rand(b * maps, generator=generator, device=codes.device, dtype=dtype)
+        lam = lam * empirical_quantile(rows.reshape(b * maps, -1), u).view(b, maps)
+    # T_l(lambda') of every position of every code: [B, maps, L]
+    tail = torch.stack(
+        [
+            1
+            - empirical_cdf(tables[m], lam[:, m][None].expand(length, -1).contiguous())
+            + empirical_cdf(tables[m], -lam[:, m][None].expand(length, -1).contiguous())
+            for m in range(maps)
+        ],
+        1,
+    ).transpose(0, 2)
+    weights = (tail.to(torch.float64).clamp(min=0) + 1e-12).masked_fill(support, 0).reshape(b * maps, length)
+    positions = torch.multinomial(weights, sp, replacement=False, generator=generator)  # [B*maps, sp]
+    rows_map = map_id.repeat(b)[:, None].expand(-1, sp).reshape(-1)
+    noise_tables = tables[rows_map, positions.reshape(-1)]  # [B*maps*sp, Q]
+    lam_rows = lam.reshape(b * maps)[:, None].expand(-1, sp).reshape(-1)
+    noise = sample_complement_tail(noise_tables, lam_rows, generator)  # eq. (4): n_p on the complement
+    if ternary:
+        noise = torch.where(noise < 0, -1.0, 1.0).to(dtype)
+    public = codes.reshape(b * maps, length).clone()
+    public.scatter_(1, positions, noise.reshape(b * maps, sp))
+    return public.reshape(b, maps, length)
+
+
+def purify(public: Tensor, support_mask: Tensor) -> Tensor:
+    """Removes the ambiguation noise with the secret support: ``p * 1[support]``.
+
+    Args:
+        public: ``[B, D]`` public (ambiguated) codes.
+        support_mask: ``[B, D]`` bool, the true support (known to the authorized user).
+
+    Returns:
+        ``[B, D]`` the purified codes (equal to the sparse codes when the support is the true one).
+    """
+    if public.shape != support_mask.shape:
+        raise ValueError(
+            f"support_mask must have the shape of the public codes {tuple(public.shape)}, "
+            f"got {tuple(support_mask.shape)}"
+        )
+    return torch.where(support_mask.bool(), public, torch.zeros_like(public))

@@ -1,0 +1,468 @@
+"""SCA: sparse coding with ambiguation on the latent space of a convolutional autoencoder.
+
+Pipeline (per image; ``maps`` code maps of length ``L``)::
+
+    f = E(x)                [maps, N=L]   conv encoder, standardised features
+    a = psi_lambda(W f)     [maps, L]     eq. (2): Sx largest magnitudes per map (ternary option: sign)
+    p = a (+) n_p           [maps, L]     eq. (4): Sp noise entries off the support (public code)
+    a = p * 1[supp a]                     purification by the authorized user
+    x_hat = D(R a)          [C, H, W]     eq. (3) decoder R, then the conv decoder
+
+Design: two kinds of parameters, fitted in alternation at the granularity of an epoch.
+
+* ``E`` and ``D`` are trained by Lightning (Adam on the reconstruction MSE) with ``W`` and ``R`` held
+  fixed; the gradient reaches ``E`` through the kept entries of the top-k. ``train_sx`` lists the
+  sparsities the loss is averaged over (one encoder pass, one decoder pass per sparsity), so one model
+  serves every ``Sx`` in that list: the top-k is applied at encode time (``encode(x, sx=...)``).
+* ``W`` (eq. 1) and ``R`` (eq. 3) are NOT trained by gradient: they live in buffers and are refitted in
+  their own stage at the end of each of the first ``transform_epochs`` training epochs, on the features
+  the encoder produced during that epoch (the last ``transform_samples`` of them): alternating l0 sparse
+  coding / L-BFGS transform update for eq. (1) starting from the current ``W``
+  (:func:`models.sca.transform.fit_transform`), then the closed form ``R = U V^T`` of eq. (3). Later
+  epochs keep ``W`` and ``R`` fixed so that ``E`` and ``D`` finish on the final transform.
+* At the end of EVERY training epoch the ambiguation statistics are refreshed from the same features:
+  per-position quantile tables of ``W f``, the gap-ratio tables, the mean threshold and the ternary
+  scales (see :mod:`models.sca.ambiguation`).
+
+All fitted quantities are registered buffers whose shapes follow from the init args, so they are in the
+``state_dict`` (and in safetensors exports). Sufficient statistics are summed over DDP ranks, so all ranks
+fit the same ``W`` and ``R``; quantile tables are averaged over ranks.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.image import StructuralSimilarityIndexMeasure
+
+from models.sca.ambiguation import ambiguate_codes, gap_ratios, purify, value_quantiles
+from models.sca.index import SupportIntersectionIndex
+from models.sca.metrics import NMSE
+from models.sca.networks import ConvDecoder, ConvEncoder
+from models.sca.transform import closed_form_decoder, fit_transform, sparsify
+
+__all__ = ["SCA", "SERVER_ATTACKS"]
+
+SERVER_ATTACKS = ("as_is", "top_sx", "posterior_mean")
+
+
+class SCA(L.LightningModule):
+    """Sparse-code convolutional autoencoder with ambiguation (eqs. 1-5).
+
+    Batches: ``{"image": float [B, C, H, W] in [0, 1], ...}``.
+
+    Args:
+        in_chans: image channels C.
+        image_size: ``H = W`` or ``[H, W]``, divisible by ``2 ** len(channels)``.
+        channels: conv stage widths of the encoder (mirrored in the decoder).
+        extra_convs: 3x3 convs after each strided conv (capacity).
+        code_maps: number of code maps (1 for MNIST / Fashion-MNIST, 4 for CIFAR-10).
+        code_length: ``L`` per code map (also the feature size ``N`` per map: ``W`` is square).
+        sx: sparsity ``Sx`` per code map of :meth:`encode` (and of the eq. 1 fit).
+        train_sx: sparsities the training loss averages over; ``None`` = ``[sx]``.
+        sp: ambiguation ``Sp`` per code map of the public codes (validation, predict).
+        sq: ambiguation ``Sq <= Sp`` per code map of query codes.
+        ternary: sparse ternary codes ``{-1, 0, +1}`` (decoded with per-position scales).
+        lr: Adam learning rate of the encoder / decoder.
+        weight_decay: Adam weight decay.
+        transform_epochs: refit ``W`` / ``R`` at the end of the first this many epochs.
+        transform_iterations: alternations of the eq. (1) learner per refit.
+        transform_inner_steps: L-BFGS iterations per transform update.
+        transform_samples: at most this many features per rank enter a refit.
+        b_fro: Omega_1 weight of ``||W||_F^2`` (``beta_1 / beta_1,1``).
+        b_orth: Omega_1 weight of ``||W W^T - I||_F^2`` (``beta_1 / beta_1,2``).
+        b_logdet: Omega_1 weight of ``-log|det W^T W|`` (``beta_1 / beta_1,3``).
+        beta_r: ``beta_R`` of eq. (3).
+        beta: ridge ``beta`` of ``C = (W^T W + beta I)^-1 W^T``.
+        num_quantiles: size of the per-position quantile tables of the ambiguation noise.
+        seed: seed of the ambiguation noise drawn in validation / test / predict.
+
+    Raises:
+        ValueError: ``sx > L``, ``sp > L - sx``, ``sq > sp``, bad sizes.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 1,
+        image_size: int | list[int] = 28,
+        channels: list[int] = [16, 32],  # noqa: B006 (read-only, shown by the CLI)
+        extra_convs: int = 0,
+        code_maps: int = 1,
+        code_length: int = 128,
+        sx: int = 16,
+        train_sx: list[int] | None = None,
+        sp: int = 0,
+        sq: int = 0,
+        ternary: bool = False,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        transform_epochs: int = 1,
+        transform_iterations: int = 5,
+        transform_inner_steps: int = 20,
+        transform_samples: int = 20000,
+        b_fro: float = 0.0,
+        b_orth: float = 1.0,
+        b_logdet: float = 1.0,
+        beta_r: float = 0.1,
+        beta: float = 1e-3,
+        num_quantiles: int = 129,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if isinstance(image_size, int):
+            image_size = [image_size, image_size]
+        if len(image_size) != 2 or min(image_size) < 1:
+            raise ValueError(f"image_size must be a positive int or [H, W], got {image_size!r}")
+        scale = 2 ** len(channels)
+        if image_size[0] % scale or image_size[1] % scale or not channels:
+            raise ValueError(
+                f"image_size {image_size} must be divisible by 2 ** len(channels) = {scale} (one halving per "
+                "stage); change channels or image_size"
+            )
+        if code_maps < 1 or code_length < 1:
+            raise ValueError(f"code_maps and code_length must be >= 1, got {code_maps}, {code_length}")
+        self._check_sx(sx)
+        for s in train_sx or []:
+            self._check_sx(s)
+        self._check_sp(sp, sx)
+        self._check_sq(sq, sp)
+        if num_quantiles < 2:
+            raise ValueError(f"num_quantiles must be >= 2, got {num_quantiles}")
+        self._image_hw = (int(image_size[0]), int(image_size[1]))
+        maps, length = code_maps, code_length
+        self.encoder = ConvEncoder(in_chans, self._image_hw, channels, maps, length, extra_convs)
+        self.decoder = ConvDecoder(in_chans, self._image_hw, channels, maps, length, extra_convs)
+        eye = torch.eye(length).expand(maps, length, length).clone()
+        self.register_buffer("transform", eye.clone())  # W per map, [maps, L, N]
+        self.register_buffer("reconstruct", eye.clone())  # R per map, [maps, N, L]
+        normal = torch.special.ndtri(torch.linspace(0.001, 0.999, num_quantiles))
+        self.register_buffer("quantiles", normal.expand(maps, length, num_quantiles).clone())
+        self.register_buffer("ratios", torch.full((maps, length, num_quantiles), 0.9))  # gap ratios
+        self.register_buffer("threshold", torch.zeros(maps))
+        self.register_buffer("ternary_scale", torch.ones(maps, length))
+        self.register_buffer("refits", torch.zeros((), dtype=torch.long))
+        self._epoch_features: list[torch.Tensor] = []
+        self.transform_history: list[float] = []
+        for stage in ("val", "test"):
+            setattr(self, f"{stage}_nmse", NMSE())
+            setattr(self, f"{stage}_ssim", StructuralSimilarityIndexMeasure(data_range=1.0))
+            for attack in SERVER_ATTACKS:
+                setattr(self, f"{stage}_server_nmse_{attack}", NMSE())
+
+    # ------------------------------------------------------------------------------------------------
+    # checks
+    # ------------------------------------------------------------------------------------------------
+    def _check_sx(self, sx: int) -> None:
+        length = self.hparams.code_length
+        if not 1 <= sx <= length:
+            raise ValueError(
+                f"Sx={sx} must be in [1, L={length}] (Sx > L is impossible); use sx <= code_length"
+            )
+
+    def _check_sp(self, sp: int, sx: int) -> None:
+        length = self.hparams.code_length
+        if not 0 <= sp <= length - sx:
+            raise ValueError(
+                f"Sp={sp} must be in [0, L - Sx = {length - sx}]: the noise goes on the complement of the "
+                "support; lower sp (full ambiguation is sp = L - sx)"
+            )
+
+    @staticmethod
+    def _check_sq(sq: int, sp: int) -> None:
+        if not 0 <= sq <= sp:
+            raise ValueError(f"Sq={sq} must be in [0, Sp={sp}] (eq. 5: queries get at most Sp noise entries)")
+
+    def check_images(self, x: torch.Tensor) -> None:
+        """Raises ``ValueError`` unless ``x`` is float ``[B, C, H, W]`` with this model's C, H, W."""
+        c, (h, w) = self.hparams.in_chans, self._image_hw
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 4:
+            raise ValueError(
+                f"images must be float [B, C, H, W] in [0, 1], got {getattr(x, 'dtype', type(x))} "
+                f"{tuple(getattr(x, 'shape', ()))}"
+            )
+        if tuple(x.shape[1:]) != (c, h, w):
+            raise ValueError(
+                f"this SCA model was built for images [B, {c}, {h}, {w}], got {tuple(x.shape)}; "
+                "resize / convert the images or use the model trained for that size"
+            )
+
+    def _check_codes(self, codes: torch.Tensor, name: str = "codes") -> torch.Tensor:
+        d = self.code_dim
+        if not isinstance(codes, torch.Tensor) or codes.dim() != 2 or codes.shape[1] != d:
+            raise ValueError(
+                f"{name} must be [B, maps * L = {d}] for this model, "
+                f"got {tuple(getattr(codes, 'shape', ()))} "
+                "(codes from a different model?)"
+            )
+        return codes.view(codes.shape[0], self.hparams.code_maps, self.hparams.code_length)
+
+    # ------------------------------------------------------------------------------------------------
+    # public API
+    # ------------------------------------------------------------------------------------------------
+    @property
+    def code_dim(self) -> int:
+        """``maps * L``."""
+        return self.hparams.code_maps * self.hparams.code_length
+
+    @property
+    def sx(self) -> int:
+        return int(self.hparams.sx)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder features ``[B, maps, N]`` of images ``[B, C, H, W]``."""
+        self.check_images(x)
+        return self.encoder(x)
+
+    def coefficients(self, f: torch.Tensor) -> torch.Tensor:
+        """Transform coefficients ``W f`` ``[B, maps, L]`` of features ``[B, maps, N]``."""
+        return torch.einsum("mln,bmn->bml", self.transform, f)
+
+    def _quantize(self, a: torch.Tensor) -> torch.Tensor:
+        if not self.hparams.ternary:
+            return a
+        ternary = torch.sign(a) * self.ternary_scale
+        return a + (ternary - a).detach()  # straight-through: forward = sign * scale
+
+    def encode(self, x: torch.Tensor, sx: int | None = None) -> torch.Tensor:
+        """Sparse codes ``[B, maps * L]`` (zeros off the support) of images ``[B, C, H, W]`` (eq. 2).
+
+        Args:
+            x: images in [0, 1].
+            sx: sparsity per map; ``None`` = the model's ``sx``.
+
+        Returns:
+            ``[B, maps * L]``; ternary models return ``{-1, 0, +1}``.
+        """
+        sx = self.sx if sx is None else int(sx)
+        self._check_sx(sx)
+        a = sparsify(self.coefficients(self.features(x)), sx)  # eq. (2)
+        if self.hparams.ternary:
+            a = torch.sign(a)
+        return a.flatten(1)
+
+    def ambiguate(
+        self, codes: torch.Tensor, sp: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Public codes ``[B, maps * L]``: ``sp`` noise entries per map off the support (eq. 4).
+
+        Args:
+            codes: ``[B, maps * L]`` sparse codes from :meth:`encode`.
+            sp: noise entries per map, ``<= L - Sx``.
+            generator: random source (on the codes' device).
+        """
+        c = self._check_codes(codes)
+        sx = int((c != 0).sum(-1).max()) if c.numel() else 0
+        self._check_sp(sp, sx)
+        public = ambiguate_codes(
+            c, sp, self.quantiles, self.ratios, generator, bool(self.hparams.ternary), self.threshold
+        )
+        return public.flatten(1)
+
+    def query(
+        self,
+        x: torch.Tensor,
+        sq: int | None = None,
+        sp: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query codes ``q = phi(y) (+) n_q`` (eq. 5) and their support mask, both ``[B, maps * L]``.
+
+        Args:
+            x: query images.
+            sq: query noise per map, ``<= sp``; ``None`` = the model's ``sq``.
+            sp: the database's ambiguation level; ``None`` = the model's ``sp``.
+            generator: random source.
+        """
+        sq = self.hparams.sq if sq is None else sq
+        sp = self.hparams.sp if sp is None else sp
+        self._check_sq(sq, sp)
+        codes = self.encode(x)
+        return self.ambiguate(codes, sq, generator), codes != 0
+
+    def purify(self, public: torch.Tensor, support_mask: torch.Tensor) -> torch.Tensor:
+        """The authorized user's codes ``[B, maps * L]``: the public code restricted to the true support."""
+        self._check_codes(public, "public codes")
+        return purify(public, support_mask)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, C, H, W]`` in [0, 1] from codes ``[B, maps * L]`` (``R a``, then the conv decoder)."""
+        a = self._check_codes(codes)
+        if self.hparams.ternary:
+            a = a * self.ternary_scale
+        return self.decoder(torch.einsum("mnl,bml->bmn", self.reconstruct, a))
+
+    def server_attacks(
+        self, public: torch.Tensor, sx: int | None = None, sp: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Reconstructions ``[B, C, H, W]`` of a curious server (knows E, W, R, D, Sx, Sp; not the support).
+
+        * ``as_is``: decode the public code unchanged;
+        * ``top_sx``: keep the ``Sx`` largest magnitudes per map, decode;
+        * ``posterior_mean``: every non-zero is informative with probability ``Sx / (Sx + Sp)``: decode
+          the public code times that probability (its mean given the public code, entry-wise).
+        """
+        p = self._check_codes(public, "public codes")
+        sx = self.sx if sx is None else sx
+        nnz = (p != 0).sum(-1).clamp(min=1).to(p.dtype)  # Sx + Sp per map
+        shrink = (sx / nnz)[..., None]
+        return {
+            "as_is": self.decode(public),
+            "top_sx": self.decode(sparsify(p, sx).flatten(1)),
+            "posterior_mean": self.decode((p * shrink).flatten(1)),
+        }
+
+    def build_index(self, public_codes: torch.Tensor, **kwargs) -> SupportIntersectionIndex:
+        """A :class:`SupportIntersectionIndex` holding ``public_codes`` ``[M, maps * L]``."""
+        index = SupportIntersectionIndex(self.code_dim, **kwargs)
+        index.add(public_codes)
+        return index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Authorized reconstruction ``decode(encode(x))`` ``[B, C, H, W]``."""
+        return self.decode(self.encode(x))
+
+    def visualize(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Image batches for :class:`callbacks.ImageGridLogger` (authorized and curious-server views)."""
+        x = batch["image"]
+        codes = self.encode(x)
+        out = {"authorized": self.decode(codes)}
+        sp = self.hparams.sp or (self.hparams.code_length - self.sx) // 2
+        g = torch.Generator(device=x.device).manual_seed(self.hparams.seed)
+        public = self.ambiguate(codes, sp, g)
+        for name, images in self.server_attacks(public).items():
+            out[f"server_{name}_sp{sp}"] = images
+        return out
+
+    # ------------------------------------------------------------------------------------------------
+    # the transform stage (eqs. 1 and 3) and the ambiguation statistics
+    # ------------------------------------------------------------------------------------------------
+    def _strategy(self):
+        trainer = self._trainer
+        return trainer.strategy if trainer is not None and trainer.world_size > 1 else None
+
+    @torch.no_grad()
+    def fit_transform(self, features: torch.Tensor, refit_transform: bool = True) -> None:
+        """The transform stage: refit ``W`` (eq. 1) and ``R`` (eq. 3), then the ambiguation statistics.
+
+        Args:
+            features: ``[M, maps, N]`` encoder features (this rank's share).
+            refit_transform: ``False`` refreshes only the statistics (``W``, ``R`` kept).
+        """
+        hp = self.hparams
+        strategy = self._strategy()
+        features = features.to(self.transform.device, self.transform.dtype)
+        if refit_transform:
+            for m in range(hp.code_maps):
+                x = features[:, m]
+                w, history = fit_transform(
+                    x,
+                    hp.sx,
+                    self.transform[m],
+                    hp.transform_iterations,
+                    hp.b_fro,
+                    hp.b_orth,
+                    hp.b_logdet,
+                    hp.transform_inner_steps,
+                    strategy,
+                )
+                self.transform[m] = w
+                codes = sparsify(x @ w.T, hp.sx)
+                self.reconstruct[m] = closed_form_decoder(w, codes, x, hp.beta_r, hp.beta, strategy)
+                self.transform_history = history
+            self.refits += 1
+        coeff = self.coefficients(features)  # [M, maps, L]
+        a = sparsify(coeff, hp.sx)
+        support = a != 0
+        world = 1 if strategy is None else self._trainer.world_size
+
+        def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+            return t if strategy is None else strategy.reduce(t, reduce_op="sum") / world
+
+        q = value_quantiles(coeff.flatten(1), hp.num_quantiles).view(hp.code_maps, hp.code_length, -1)
+        self.quantiles.copy_(mean_over_ranks(q))
+        self.ratios.copy_(mean_over_ranks(gap_ratios(coeff, hp.num_quantiles)))
+        self.threshold.copy_(mean_over_ranks(a.abs().masked_fill(~support, float("inf")).amin(-1).mean(0)))
+        counts = support.float().sum(0).clamp(min=1)
+        self.ternary_scale.copy_(mean_over_ranks(a.abs().sum(0) / counts).clamp(min=1e-3))
+
+    # ------------------------------------------------------------------------------------------------
+    # training
+    # ------------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x = batch["image"]
+        f = self.features(x)
+        coeff = self.coefficients(f)
+        losses = []
+        for s in self.hparams.train_sx or [self.sx]:
+            a = self._quantize(sparsify(coeff, s))
+            x_hat = self.decoder(torch.einsum("mnl,bml->bmn", self.reconstruct, a))
+            losses.append(F.mse_loss(x_hat, x))
+            self.log(f"train/mse_sx{s}", losses[-1].detach(), batch_size=x.shape[0])
+        loss = torch.stack(losses).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        self._epoch_features.append(f.detach())
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_features = []
+
+    def on_train_epoch_end(self) -> None:
+        if not self._epoch_features:
+            return
+        feats = torch.cat(self._epoch_features)[-self.hparams.transform_samples :]
+        self._epoch_features = []
+        refit = self.current_epoch < self.hparams.transform_epochs
+        self.fit_transform(feats, refit_transform=refit)
+        if refit and self.transform_history:
+            self.log("train/transform_objective", self.transform_history[-1], sync_dist=False)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    # ------------------------------------------------------------------------------------------------
+    # evaluation: authorized NMSE / SSIM at sx, curious-server NMSE at sp
+    # ------------------------------------------------------------------------------------------------
+    def _eval_step(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
+        x = batch["image"]
+        codes = self.encode(x)
+        x_hat = self.decode(codes)
+        getattr(self, f"{stage}_nmse").update(x_hat, x)
+        getattr(self, f"{stage}_ssim").update(x_hat, x)
+        if self.hparams.sp > 0:
+            g = torch.Generator(device=x.device).manual_seed(self.hparams.seed * 1_000_003 + batch_idx)
+            public = self.ambiguate(codes, self.hparams.sp, g)
+            for attack, images in self.server_attacks(public).items():
+                getattr(self, f"{stage}_server_nmse_{attack}").update(images, x)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        for name in ("nmse", "ssim"):
+            metric = getattr(self, f"{stage}_{name}")
+            self.log(f"{stage}/{name}", metric.compute(), prog_bar=True)
+            metric.reset()
+        if self.hparams.sp > 0:
+            values = {}
+            for attack in SERVER_ATTACKS:
+                metric = getattr(self, f"{stage}_server_nmse_{attack}")
+                values[attack] = metric.compute()
+                metric.reset()
+                self.log(f"{stage}/server_nmse_{attack}", values[attack])
+            self.log(f"{stage}/server_nmse", torch.stack(list(values.values())).min())  # the strongest attack
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        codes = self.encode(batch["image"])
+        g = torch.Generator(device=codes.device).manual_seed(self.hparams.seed * 1_000_003 + batch_idx)
+        return {"index": batch["index"], "codes": codes, "public": self.ambiguate(codes, self.hparams.sp, g)}
