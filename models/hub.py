@@ -362,13 +362,18 @@ class PrivzooHubMixin(
     # saving
     # ------------------------------------------------------------------------------------------------
     def _save_pretrained(self, save_directory: Path) -> None:
-        """Writes ``model.safetensors`` (tied tensors once, CPU, contiguous, data checksum in the header)."""
+        """Writes ``model.safetensors`` (tied tensors once, CPU, contiguous, data checksum in the header).
+
+        The same weights always give the same bytes.
+        """
         state = self.state_dict()
         tensors = {
             group[0]: state[group[0]].detach().to("cpu").contiguous() for group in _alias_groups(state)
         }
         tmp = save_directory / (WEIGHTS_NAME + ".tmp")
-        save_file(tensors, str(tmp), metadata={"format": "pt", DIGEST_KEY: tensor_digest(tensors)})
+        # ONE metadata entry: safetensors writes its metadata map in an unspecified order, so with two
+        # entries saving the same weights twice could give different bytes (and noisy git diffs)
+        save_file(tensors, str(tmp), metadata={DIGEST_KEY: tensor_digest(tensors)})
         os.replace(tmp, save_directory / WEIGHTS_NAME)
 
     def save_pretrained(

@@ -55,8 +55,11 @@ __all__ = [
     "zoo_entries",
 ]
 
-#: ``checkpoints/`` at the root of the checkout (the folders shipped with the repository)
-CHECKPOINTS_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+#: ``checkpoints/`` at the root of the checkout (the folders shipped with the repository); the environment
+#: variable ``PRIVZOO_CHECKPOINTS`` points it elsewhere
+CHECKPOINTS_DIR = Path(
+    os.environ.get("PRIVZOO_CHECKPOINTS") or Path(__file__).resolve().parents[1] / "checkpoints"
+)
 HUB_ORG = "privzoo"
 
 

@@ -112,12 +112,13 @@ def test_round_trip_writes_hub_layout_and_loads_strictly_in_eval_mode(saved):
 
 def test_saving_is_deterministic_and_metadata_is_safetensors(saved, tmp_path):
     model, folder = saved
-    again = tmp_path / "again"
-    model.save_pretrained(again)
-    assert (again / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+    for attempt in range(5):  # safetensors' metadata map has no fixed order: several tries catch that
+        again = tmp_path / f"again{attempt}"
+        model.save_pretrained(again)
+        assert (again / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
     with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
         metadata = f.metadata()
-    assert metadata["format"] == "pt" and len(metadata["privzoo_sha256"]) == 64
+    assert list(metadata) == ["privzoo_sha256"] and len(metadata["privzoo_sha256"]) == 64
 
 
 def test_tied_weights_stored_once_and_non_persistent_buffers_rebuilt(tmp_path):
