@@ -210,12 +210,13 @@ def render_card(
     repo_id = context.get("repo_id") or (f"privzoo/{name}" if name else None)
     method = getattr(cls, "card_method", None) or _first_doc_line(cls)
     paper = getattr(cls, "card_paper", None)
-    paper_url = getattr(cls, "card_paper_url", None)
+    mixin_info = getattr(cls, "_hub_mixin_info", None)  # huggingface_hub class kwargs (paper_url=...)
+    paper_url = getattr(cls, "card_paper_url", None) or getattr(mixin_info, "paper_url", None)
     task = getattr(cls, "card_task", None) or "image-feature-extraction"
     threat = getattr(cls, "card_threat_model", None) or GENERIC_THREAT_MODEL
     tags = sorted(
         set(getattr(cls, "card_tags", ()) or ())
-        | set(getattr(getattr(cls, "_hub_mixin_info", None), "model_card_data", ModelCardData()).tags or [])
+        | set(getattr(mixin_info, "model_card_data", ModelCardData()).tags or [])
         | {"privzoo", "pytorch"}
     )
 

@@ -48,6 +48,7 @@ __all__ = [
     "UnknownCheckpointError",
     "ZooEntry",
     "available",
+    "evaluate",
     "get_entry",
     "load",
     "resolve_callable",
@@ -251,3 +252,43 @@ def load(
         if source == "hub":
             raise
         raise type(err)(f"checkpoint {name!r}: {folder} does not exist, and from the Hub: {err}") from err
+
+
+def evaluate(
+    name: str,
+    data_dir: str | os.PathLike,
+    *,
+    map_location: str | torch.device = "cpu",
+    write_card: str | None = None,
+    split: str = "test",
+) -> dict[str, float]:
+    """Loads a zoo checkpoint and runs its ``evaluate`` entry; optionally records the numbers in its card.
+
+    Args:
+        name: a name from :func:`available`.
+        data_dir: the dataset root passed to the evaluate function.
+        map_location: device of the model.
+        write_card: ``None`` = leave the card alone; else the source to record (e.g. ``"scripts/demo.py"``):
+            the metrics go into ``checkpoints/<name>/README.md`` via :func:`models.cards.update_card_metrics`.
+        split: the split the evaluate function measures, for the card.
+
+    Returns:
+        ``{metric name: value}`` as returned by the entry's evaluate function.
+
+    Raises:
+        UnknownCheckpointError, models.hub.HubLoadError, ValueError (no evaluate entry, non-numeric values).
+    """
+    entry = get_entry(name)
+    fn = entry.evaluate_fn()
+    model = load(name, map_location=map_location)
+    metrics = fn(model, str(data_dir))  # no inference_mode here: an attack may need gradients
+    if not isinstance(metrics, Mapping):
+        raise ValueError(f"{entry.evaluate} returned {type(metrics).__name__}, expected dict[str, float]")
+    missing = [k for k in (entry.utility, entry.privacy) if k is not None and k not in metrics]
+    if missing:
+        raise ValueError(f"{entry.evaluate} returned {sorted(metrics)}, not the entry's metric(s) {missing}")
+    if write_card is not None:
+        from models.cards import update_card_metrics
+
+        update_card_metrics(entry.folder, metrics, source=write_card, split=split, dataset=entry.dataset)
+    return {k: float(v) for k, v in metrics.items()}

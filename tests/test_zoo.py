@@ -3,6 +3,7 @@ scripts/publish.py (dry run and a fake Hub API)."""
 
 import json
 import sys
+from dataclasses import replace
 
 import lightning as L
 import pytest
@@ -100,6 +101,18 @@ def test_evaluate_entry_runs_and_its_numbers_go_into_the_card(tiny_zoo, fashion_
     assert set(metrics) == {"acc"} and 0.0 <= metrics["acc"] <= 1.0
     update_card_metrics(TINY.folder, metrics, source="tests/test_zoo.py")
     assert read_card_metrics(TINY.folder)[0]["value"] == pytest.approx(metrics["acc"])
+    # the same in one call, written into the card by the evaluation itself
+    again = zoo.evaluate("clf-tiny", fashion_mnist_dir, write_card="scripts/demo.py")
+    assert again == pytest.approx(metrics)
+    (row,) = read_card_metrics(TINY.folder)
+    assert row["source"] == "scripts/demo.py" and row["dataset"] == "Fashion-MNIST" and row["split"] == "test"
+    assert "| `acc` |" in (TINY.folder / "README.md").read_text()
+
+
+def test_evaluate_must_return_the_entry_metrics(tiny_zoo, monkeypatch, fashion_mnist_dir):
+    monkeypatch.setitem(zoo.REGISTRY, "clf-tiny", replace(TINY, utility="top5", paper={}))
+    with pytest.raises(ValueError, match=r"returned \['acc'\], not the entry's metric\(s\) \['top5'\]"):
+        zoo.evaluate("clf-tiny", fashion_mnist_dir)
 
 
 def test_entry_validation():
@@ -284,6 +297,15 @@ def test_publish_creates_repos_and_uploads_folders(tiny_zoo, capsys):
     assert create == {"repo_id": "privzoo/clf-tiny", "repo_type": "model", "private": None, "exist_ok": True}
     assert upload["repo_id"] == "privzoo/clf-tiny" and upload["folder_path"] == str(TINY.folder)
     assert sorted(upload["allow_patterns"]) == ["README.md", "config.json", "model.safetensors"]
+
+
+def test_publish_with_the_real_table(capsys):
+    if zoo.available():
+        assert publish.main(["--dry-run"]) == 0
+        assert all(f"privzoo/{name}  <-  " in capsys.readouterr().out for name in zoo.available())
+    else:
+        assert publish.main(["--dry-run"]) == 0
+        assert "nothing to publish" in capsys.readouterr().out
 
 
 def test_publish_refuses_pickles_orphans_and_broken_folders(tiny_zoo, capsys):
