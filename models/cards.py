@@ -320,9 +320,14 @@ def update_card_metrics(
         raise ValueError("metrics is empty: pass {name: value} as measured by the evaluation script")
     clean: dict[str, float] = {}
     for key, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-            raise ValueError(f"metric {key!r} must be a number, got {type(value).__name__}: {value!r}")
-        clean[str(key)] = float(value)
+        try:
+            if isinstance(value, (bool, str, bytes)):
+                raise TypeError
+            clean[str(key)] = float(value)  # int, float, numpy / 0-dim torch scalars
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"metric {key!r} must be a number, got {type(value).__name__}: {value!r}"
+            ) from err
     card = _load_card(folder)
     info = dict(card.data.privzoo)
     weights = folder / WEIGHTS_NAME

@@ -354,8 +354,9 @@ def test_update_card_metrics_writes_table_and_model_index(saved):
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results == {"test/acc": 0.875, "test/loss": 0.5}
     assert ImageClassifier.from_pretrained(folder) is not None  # the card does not get in the way of loading
-    with pytest.raises(ValueError, match="must be a number"):
-        update_card_metrics(folder, {"x": "high"}, source="s")
+    for bad in ("high", True, torch.ones(2), None):
+        with pytest.raises(ValueError, match="must be a number"):
+            update_card_metrics(folder, {"x": bad}, source="s")
     with pytest.raises(ValueError, match="source"):
         update_card_metrics(folder, {"x": 1.0}, source=" ")
     # new weights: the card's metrics no longer apply
