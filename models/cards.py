@@ -35,6 +35,7 @@ __all__ = [
     "METRICS_END",
     "METRICS_START",
     "StaleCardError",
+    "check_context",
     "file_sha256",
     "read_card_metrics",
     "render_card",
@@ -175,6 +176,18 @@ def _eval_results(
     ]
 
 
+def check_context(context: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of a card context, or ``ValueError`` naming unknown keys (see :data:`CARD_CONTEXT_KEYS`)."""
+    context = dict(context or {})
+    unknown = sorted(set(context) - set(CARD_CONTEXT_KEYS))
+    if unknown:
+        raise ValueError(
+            f"unknown model card key(s) {unknown}; use {sorted(CARD_CONTEXT_KEYS)} "
+            "(see models.cards.CARD_CONTEXT_KEYS)"
+        )
+    return context
+
+
 def render_card(
     cls: type, config: Mapping[str, Any], weights_sha256: str, context: Mapping[str, Any] | None = None
 ) -> ModelCard:
@@ -193,13 +206,7 @@ def render_card(
     Raises:
         ValueError: an unknown context key.
     """
-    context = dict(context or {})
-    unknown = sorted(set(context) - set(CARD_CONTEXT_KEYS))
-    if unknown:
-        raise ValueError(
-            f"unknown model card key(s) {unknown}; use {sorted(CARD_CONTEXT_KEYS)} "
-            "(see models.cards.CARD_CONTEXT_KEYS)"
-        )
+    context = check_context(context)
     datamodule = context.get("datamodule") or {}
     dm_name = str(datamodule.get("class_path", "")).rpartition(".")[2]
     if dm_name in DATASETS:

@@ -406,7 +406,7 @@ class PrivzooHubMixin(
                 "config differs from the model's hparams; privzoo writes config.json from hparams only "
                 "(omit config=)"
             )
-        card_context = dict(model_card_kwargs or {})
+        card_context = cards.check_context(model_card_kwargs)  # before anything is written
         save_directory = Path(save_directory)
         save_directory.mkdir(parents=True, exist_ok=True)
         self._save_pretrained(save_directory)

@@ -337,6 +337,7 @@ def test_card_front_matter_and_sections(saved):
         ImageClassifier(num_classes=4).save_pretrained(
             folder.parent / "x", model_card_kwargs={"datset": "typo"}
         )
+    assert not (folder.parent / "x").exists()  # checked before anything is written
 
 
 def test_update_card_metrics_writes_table_and_model_index(saved):
