@@ -26,6 +26,7 @@ import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from models.grl import grad_reverse
+from models.hub import PrivzooHubMixin
 from models.metrics import HammingMAP, sign_codes
 from models.ppl.generator import PerturbationGenerator, apply_perturbation, check_epsilon, check_norm
 from models.ppl.losses import affinity_loss, objective_scale, privacy_loss, similarity_matrix
@@ -37,7 +38,7 @@ __all__ = ["PPL"]
 _SCENARIOS = ("cc", "ca", "ac", "aa")
 
 
-class PPL(L.LightningModule):
+class PPL(PrivzooHubMixin, L.LightningModule):
     """Generator G + surrogate hashing network F trained by the one-step game of Algorithm 1.
 
     Consumes the privzoo batch format ``{"image": float [B, C, H, W] in [0, 1], "label": int64 [B],
@@ -68,6 +69,25 @@ class PPL(L.LightningModule):
     Raises:
         ValueError: ``epsilon <= 0``, unknown ``norm``, unknown backbone, bad sizes or weights.
     """
+
+    card_method = (
+        "PPL (proactive privacy-preserving learning): a perturbation generator G trained against a "
+        "surrogate deep hashing net F through a gradient reversal layer, so released images fool "
+        "retrieval models trained on clean or protected data."
+    )
+    card_paper = "Proactive Privacy-preserving Learning (PPL) against deep hashing retrieval models"
+    card_task = "image-to-image"
+    card_tags = ("hashing", "adversarial", "image-retrieval")
+    card_usage = "z = model.protect(x)  # x: float [B, 1, 28, 28] in [0, 1] -> protected z, same shape"
+    card_threat_model = (
+        "Threat: a curious party crawls the released (protected) images and trains or queries a deep "
+        "hashing retrieval model with them. Protection: every image is moved by at most epsilon in the "
+        "l_p norm (eq. 2) so that retrieval across and within the protected domain degrades. Limits: "
+        "the privacy is empirical -- measured against the surrogate and the victims ADSH / DSDH of the "
+        "evaluation table, at the stated epsilon -- not a formal guarantee; other architectures, "
+        "adaptive attackers (e.g. denoising, adversarial training) or larger training sets may "
+        "recover more utility from protected images."
+    )
 
     def __init__(
         self,

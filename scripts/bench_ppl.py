@@ -1,0 +1,171 @@
+"""Training / evaluation speed of PPL and its victims on this machine, measured in one run.
+
+Prints, on real Fashion-MNIST at the paper's batch sizes:
+
+* PPL training throughput (images/s) of one optimizer step (Algorithm 1: G + three surrogate passes),
+  eager vs ``channels_last`` vs ``torch.compile``, from a plain loop on the same batch;
+* the same step inside a Lightning ``Trainer`` with the in-memory datamodule, and the share of the step
+  spent waiting for data (target < 10%);
+* one ADSH and one DSDH training step inside a ``Trainer`` (images/s, data-wait share);
+* the time of the full four-scenario evaluation of one victim (protect the 70,000-image pool, hash
+  query + database in both domains, four mAP@all).
+
+    .venv/bin/python scripts/bench_ppl.py [--steps 10 --data-dir data --no-compile]
+
+Numbers depend on the machine and on what else runs on it: compare ratios from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datamodules import FashionMNISTDataModule  # noqa: E402
+from models.hashing import ADSH, DSDH  # noqa: E402
+from models.ppl import PPL  # noqa: E402
+from models.ppl.protocol import hash_images, protect_uint8, scenario_maps  # noqa: E402
+
+
+class StepTimer(L.Callback):
+    """Wall time of each training batch, split into data wait (fetch + transfer) and compute."""
+
+    def __init__(self) -> None:
+        self.compute: list[float] = []
+        self.wait: list[float] = []
+        self._end: float | None = None
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._end is not None:
+            self.wait.append(now - self._end)
+        self._start = now
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._end = time.perf_counter()
+        self.compute.append(self._end - self._start)
+
+
+def trainer_throughput(model: L.LightningModule, dm, steps: int, batch_size: int) -> dict[str, float]:
+    timer = StepTimer()
+    trainer = L.Trainer(
+        max_steps=steps + 2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(model, datamodule=dm)
+    compute, wait = timer.compute[2:], timer.wait[1:]  # skip warm-up steps
+    step = statistics.median(compute)
+    data = statistics.median(wait) if wait else 0.0
+    return {
+        "images_per_s": batch_size / (step + data),
+        "step_s": step,
+        "data_wait_share": data / (step + data),
+    }
+
+
+def ppl_loop_throughput(
+    model: PPL, x: torch.Tensor, y: torch.Tensor, steps: int, variant: str
+) -> dict[str, float]:
+    model = model.train()
+    opt = model.configure_optimizers()
+    fn = model.compute_losses
+    if variant == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif variant == "compile":
+        fn = torch.compile(model.compute_losses)
+    times = []
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        fn(x, y)["loss"].backward()
+        opt.step()
+        if i >= 2:  # warm-up (and compilation) excluded
+            times.append(time.perf_counter() - t0)
+    step = statistics.median(times)
+    return {"images_per_s": x.shape[0] / step, "step_s": step}
+
+
+def report(name: str, batch_size: int, r: dict[str, float]) -> None:
+    wait = 100 * r["data_wait_share"]
+    print(
+        f"  {name:5s} batch {batch_size:4d}: {r['images_per_s']:8.1f} img/s, data wait {wait:.1f}% of a step"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    dm = FashionMNISTDataModule(data_dir=args.data_dir, split="retrieval", batch_size=512, num_train=10_000)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = dm.train_set.__getitems__(list(range(512)))
+    x, y = batch["image"].float() / 255, batch["label"]
+
+    print("\nPPL step, batch 512 (plain loop on one batch):")
+    base = None
+    variants = ["eager", "channels_last"] + ([] if args.no_compile else ["compile"])
+    for variant in variants:
+        try:
+            r = ppl_loop_throughput(PPL(), x, y, args.steps, variant)
+        except Exception as err:  # noqa: BLE001 (a variant that does not run here is reported, not fatal)
+            print(f"  {variant:14s} failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
+            continue
+        base = base or r["images_per_s"]
+        ips = r["images_per_s"]
+        print(f"  {variant:14s} {ips:8.1f} img/s  ({r['step_s']:.3f} s/step, x{ips / base:.2f} vs eager)")
+
+    print("\nInside a Lightning Trainer (in-memory datamodule, data wait = fetch + transfer):")
+    r = trainer_throughput(PPL(), dm, args.steps, 512)
+    report("PPL", 512, r)
+    dsdh_dm = FashionMNISTDataModule(
+        data_dir=args.data_dir, split="retrieval", batch_size=128, num_train=10_000
+    )
+    r = trainer_throughput(DSDH(), dsdh_dm, args.steps, 128)
+    report("DSDH", 128, r)
+    # ADSH (paper: batch 64 from Omega): a 64-image batch, Omega = the whole train subset
+    adsh_dm = FashionMNISTDataModule(
+        data_dir=args.data_dir, split="retrieval", batch_size=64, num_train=10_000
+    )
+    r = trainer_throughput(ADSH(num_samples=None), adsh_dm, args.steps, 64)
+    report("ADSH", 64, r)
+
+    print("\nFour-scenario evaluation of one victim (query 10,000 / database 60,000):")
+    ppl, victim = PPL().eval(), DSDH().eval()
+    pool = dm.query_set.images
+    t0 = time.perf_counter()
+    protected = protect_uint8(ppl.protect, pool)
+    t1 = time.perf_counter()
+    q, d = dm.query_set.indices, dm.database_set.indices
+    codes = {}
+    for role, idx in (("query", q), ("db", d)):
+        codes[f"{role}_c"] = hash_images(victim.hash, pool[idx])
+        codes[f"{role}_a"] = hash_images(victim.hash, protected[idx])
+    t2 = time.perf_counter()
+    scenario_maps(codes, dm.query_set.targets, dm.database_set.targets)
+    t3 = time.perf_counter()
+    print(f"  protect pool {t1 - t0:.1f} s + hash 140,000 images {t2 - t1:.1f} s + 4 mAP@all {t3 - t2:.1f} s")
+    print(f"  = {t3 - t0:.1f} s per victim (PPL protection shared by all victims of a code length)")
+
+
+if __name__ == "__main__":
+    main()
