@@ -373,3 +373,40 @@ def test_tsne_plot_is_uint8():
     )
     assert set(pictures) == {"tsne", "support", "recall"}
     assert all(p.dtype.name == "uint8" and p.ndim == 3 and p.shape[2] == 3 for p in pictures.values())
+
+
+def test_table_and_bench_scripts_on_tiny_inputs(fashion_mnist_dir, tmp_path, capsys):
+    import json
+    import sys
+
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import bench_sca
+    import lightning as L
+    import sca_table
+
+    model = tiny_sca(code_length=128, sx=16)
+    trainer = L.Trainer(max_epochs=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    ckpt = tmp_path / "tiny.ckpt"
+    trainer.save_checkpoint(ckpt)
+    out = tmp_path / "table"
+    result = sca_table.main(
+        ["--ckpt", str(ckpt), "--data-dir", str(fashion_mnist_dir), "--out", str(out), "--batch-size", "32"]
+    )
+    assert result["num_images"] == 64 and set(result["authorized"]) == {1, 2, 4, 8, 16}
+    assert set(result["ambiguation"]) == {8, 16, 24, 32}
+    saved = json.loads((out / "table.json").read_text())
+    # purification gives the authorized user exactly the Sp = 0 reconstruction
+    assert all(
+        r["authorized"]["nmse"] == saved["authorized"]["16"]["nmse"] for r in saved["ambiguation"].values()
+    )
+    assert (out / "table.md").read_text().count("| server") == 12
+    assert list((out / "wandb").glob("offline-run-*"))
+    bench = bench_sca.main(
+        ["--num-codes", "3000", "--num-queries", "50", "--chunk", "1000", "--out", str(tmp_path / "b")]
+    )
+    assert bench["ratio_equal_recall"] > 0
+    assert bench["results"]["sca"]["recall@10"] == pytest.approx(
+        bench["results"]["faiss_ternary"]["recall@10"], abs=0.05
+    )
+    assert "speed ratio" in capsys.readouterr().out

@@ -15,7 +15,8 @@ Design: two kinds of parameters, fitted in alternation at the granularity of an 
   sparsities the loss is averaged over (one encoder pass, one decoder pass per sparsity), so one model
   serves every ``Sx`` in that list: the top-k is applied at encode time (``encode(x, sx=...)``).
 * ``W`` (eq. 1) and ``R`` (eq. 3) are NOT trained by gradient: they live in buffers and are refitted in
-  their own stage at the end of each of the first ``transform_epochs`` training epochs, on the features
+  their own stage at the end of each of the first ``transform_epochs`` training epochs (before the
+  epoch's validation, or at the epoch end when it has none), on the features
   the encoder produced during that epoch (the last ``transform_samples`` of them): alternating l0 sparse
   coding / L-BFGS transform update for eq. (1) starting from the current ``W``
   (:func:`models.sca.transform.fit_transform`), then the closed form ``R = U V^T`` of eq. (3). Later
@@ -42,9 +43,37 @@ from models.sca.metrics import NMSE
 from models.sca.networks import ConvDecoder, ConvEncoder
 from models.sca.transform import closed_form_decoder, fit_transform, sparsify
 
-__all__ = ["SCA", "SERVER_ATTACKS"]
+__all__ = ["SCA", "SERVER_ATTACKS", "ssim_separable"]
 
 SERVER_ATTACKS = ("as_is", "top_sx", "posterior_mean")
+
+
+def ssim_separable(x: torch.Tensor, y: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM (data range 1) with a separable Gaussian window and no padding: a cheap training loss.
+
+    Same constants and window as torchmetrics' SSIM (the evaluation metric); two 1-D convolutions per
+    statistic instead of one 11 x 11 convolution make its backward pass fast on CPU.
+
+    Args:
+        x, y: ``[B, C, H, W]`` images in [0, 1], ``H, W >= size``.
+
+    Returns:
+        ``[]`` mean SSIM.
+    """
+    c = x.shape[1]
+    t = torch.arange(size, dtype=x.dtype, device=x.device) - (size - 1) / 2
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    g = g / g.sum()
+    gh, gv = g.view(1, 1, 1, size).repeat(c, 1, 1, 1), g.view(1, 1, size, 1).repeat(c, 1, 1, 1)
+
+    def blur(z: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(z, gh, groups=c), gv, groups=c)
+
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    ssim = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return ssim.mean()
 
 
 class SCA(L.LightningModule):
@@ -61,6 +90,8 @@ class SCA(L.LightningModule):
         code_length: ``L`` per code map (also the feature size ``N`` per map: ``W`` is square).
         sx: sparsity ``Sx`` per code map of :meth:`encode` (and of the eq. 1 fit).
         train_sx: sparsities the training loss averages over; ``None`` = ``[sx]``.
+        train_sx_samples: average over this many of ``train_sx`` drawn at random per step (``None`` = all).
+        ssim_weight: weight of ``1 - SSIM`` added to the reconstruction MSE (0 = plain MSE).
         sp: ambiguation ``Sp`` per code map of the public codes (validation, predict).
         sq: ambiguation ``Sq <= Sp`` per code map of query codes.
         ternary: sparse ternary codes ``{-1, 0, +1}`` (decoded with per-position scales).
@@ -92,6 +123,8 @@ class SCA(L.LightningModule):
         code_length: int = 128,
         sx: int = 16,
         train_sx: list[int] | None = None,
+        train_sx_samples: int | None = None,
+        ssim_weight: float = 0.0,
         sp: int = 0,
         sq: int = 0,
         ternary: bool = False,
@@ -395,11 +428,18 @@ class SCA(L.LightningModule):
         f = self.features(x)
         coeff = self.coefficients(f)
         losses = []
-        for s in self.hparams.train_sx or [self.sx]:
+        sparsities = list(self.hparams.train_sx or [self.sx])
+        k = self.hparams.train_sx_samples
+        if k is not None and k < len(sparsities):
+            sparsities = [sparsities[i] for i in torch.randperm(len(sparsities))[:k].tolist()]
+        for s in sparsities:
             a = self._quantize(sparsify(coeff, s))
             x_hat = self.decoder(torch.einsum("mnl,bml->bmn", self.reconstruct, a))
-            losses.append(F.mse_loss(x_hat, x))
-            self.log(f"train/mse_sx{s}", losses[-1].detach(), batch_size=x.shape[0])
+            mse = F.mse_loss(x_hat, x)
+            self.log(f"train/mse_sx{s}", mse.detach(), batch_size=x.shape[0])
+            if self.hparams.ssim_weight:
+                mse = mse + self.hparams.ssim_weight * (1 - ssim_separable(x_hat, x))
+            losses.append(mse)
         loss = torch.stack(losses).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         self._epoch_features.append(f.detach())
@@ -408,7 +448,16 @@ class SCA(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_features = []
 
+    def on_validation_epoch_start(self) -> None:
+        # the transform stage runs before the epoch's validation, so that validation and the checkpoint
+        # saved after it see the refreshed statistics
+        if not self.trainer.sanity_checking and self._epoch_features:
+            self._transform_stage()
+
     def on_train_epoch_end(self) -> None:
+        self._transform_stage()  # epochs without validation
+
+    def _transform_stage(self) -> None:
         if not self._epoch_features:
             return
         feats = torch.cat(self._epoch_features)[-self.hparams.transform_samples :]

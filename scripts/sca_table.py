@@ -1,0 +1,223 @@
+"""Measures SCA's Table I (normalised MSE and SSIM vs Sx and Sp) on the Fashion-MNIST test set.
+
+    python scripts/sca_table.py --ckpt runs/sca/sca-fashion-mnist-sx16.ckpt --out runs/sca/table
+
+* authorized user, Sp = 0, Sx in {1, 2, 4, 8, 16} (one model: the top-k is applied at encode time);
+* Sx = 16, Sp in {8, 16, 24, 32}: the authorized user purifies the public code with the true support;
+  a curious server runs every attack of :data:`models.sca.SERVER_ATTACKS`. The paper's attacks are
+  ``as_is`` and ``top_sx`` (the strongest of them is compared with the paper); ``posterior_mean`` is an
+  extra, stronger attack reported next to it.
+
+Normalised MSE is ``||x - x_hat||^2 / ||x||^2`` averaged over images (``nmse``; ``nmse_global`` divides the
+sums), SSIM is torchmetrics' (11x11 Gaussian window, data range 1). Writes ``table.json``, ``table.md``
+and an offline wandb run with the table (``WANDB_MODE`` respected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from scipy import stats
+from torchmetrics.image import StructuralSimilarityIndexMeasure
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datamodules import FashionMNISTDataModule  # noqa: E402
+from models.sca import NMSE, SCA, SERVER_ATTACKS  # noqa: E402
+
+PAPER_ATTACKS = ("as_is", "top_sx")
+# Table I, Fashion-MNIST row
+PAPER_AUTH = {
+    1: (0.5355, 0.4926),
+    2: (0.4298, 0.5989),
+    4: (0.3368, 0.6976),
+    8: (0.2657, 0.7753),
+    16: (0.2236, 0.8242),
+}
+PAPER_SERVER = {8: (0.2775, 0.7506), 16: (0.3255, 0.6835), 24: (0.3635, 0.6351), 32: (0.4026, 0.5914)}
+
+
+def _pair():
+    return {
+        "nmse": NMSE(),
+        "nmse_global": NMSE("global"),
+        "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
+    }
+
+
+def _update(metrics, preds, target):
+    for m in metrics.values():
+        m.update(preds, target)
+
+
+def _compute(metrics):
+    return {k: round(float(m.compute()), 4) for k, m in metrics.items()}
+
+
+@torch.no_grad()
+def measure(model: SCA, loader, sx_list, sp_list, table_sx: int, seed: int, limit: int | None = None) -> dict:
+    model.eval()
+    auth = {sx: _pair() for sx in sx_list}
+    amb = {sp: {"authorized": _pair(), **{a: _pair() for a in SERVER_ATTACKS}} for sp in sp_list}
+    gen = torch.Generator().manual_seed(seed)
+    values = {sp: ([], []) for sp in sp_list}  # informative / noise entries of the public codes
+    seen = 0
+    for batch in loader:
+        x = batch["image"].float() / 255 if batch["image"].dtype == torch.uint8 else batch["image"]
+        if limit is not None:
+            x = x[: max(0, limit - seen)]
+            if not len(x):
+                break
+        seen += len(x)
+        for sx in sx_list:
+            _update(auth[sx], model.decode(model.encode(x, sx=sx)), x)
+        codes = model.encode(x, sx=table_sx)
+        for sp in sp_list:
+            public = model.ambiguate(codes, sp, gen)
+            if sum(v.numel() for v in values[sp][0]) < 50_000:
+                values[sp][0].append(public[codes != 0])
+                values[sp][1].append(public[(public != 0) & (codes == 0)])
+            _update(amb[sp]["authorized"], model.decode(model.purify(public, codes != 0)), x)
+            for name, images in model.server_attacks(public, sx=table_sx).items():
+                _update(amb[sp][name], images, x)
+    out = {"num_images": seen, "authorized": {}, "ambiguation": {}}
+    for sx in sx_list:
+        row = _compute(auth[sx])
+        if sx in PAPER_AUTH:
+            row["paper_nmse"], row["paper_ssim"] = PAPER_AUTH[sx]
+            row["meets_nmse"] = row["nmse"] <= PAPER_AUTH[sx][0]
+            row["meets_ssim"] = row["ssim"] >= PAPER_AUTH[sx][1]
+        out["authorized"][sx] = row
+    for sp in sp_list:
+        row = {name: _compute(m) for name, m in amb[sp].items()}
+        paper = min(PAPER_ATTACKS, key=lambda a: row[a]["nmse"])
+        overall = min(SERVER_ATTACKS, key=lambda a: row[a]["nmse"])
+        row["strongest_paper_attack"], row["strongest_attack"] = paper, overall
+        if sp in PAPER_SERVER:
+            row["paper_server_nmse"], row["paper_server_ssim"] = PAPER_SERVER[sp]
+            row["server_meets_paper_vs_paper_attacks"] = row[paper]["nmse"] >= PAPER_SERVER[sp][0]
+            row["server_meets_paper_vs_all_attacks"] = row[overall]["nmse"] >= PAPER_SERVER[sp][0]
+        info, noise = torch.cat(values[sp][0]).numpy(), torch.cat(values[sp][1]).numpy()
+        ks, ks_abs = stats.ks_2samp(info, noise), stats.ks_2samp(abs(info), abs(noise))
+        row["ks_values"] = {"statistic": round(float(ks.statistic), 4), "pvalue": float(ks.pvalue)}
+        row["ks_magnitudes"] = {
+            "statistic": round(float(ks_abs.statistic), 4),
+            "pvalue": float(ks_abs.pvalue),
+        }
+        out["ambiguation"][sp] = row
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"SCA Table I on Fashion-MNIST test ({result['num_images']} images), "
+        f"checkpoint `{result['checkpoint']}`",
+        "",
+        "| setting | NMSE | SSIM | paper NMSE | paper SSIM | meets |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for sx, r in result["authorized"].items():
+        meets = "yes" if r.get("meets_nmse") and r.get("meets_ssim") else "no"
+        lines.append(
+            f"| authorized, Sp=0, Sx={sx} | {r['nmse']:.4f} | {r['ssim']:.4f} | "
+            f"{r.get('paper_nmse', '-')} | {r.get('paper_ssim', '-')} | {meets} |"
+        )
+    sx = result["table_sx"]
+    for sp, r in result["ambiguation"].items():
+        a = r["authorized"]
+        lines.append(f"| authorized, Sx={sx}, Sp={sp} | {a['nmse']:.4f} | {a['ssim']:.4f} | | | |")
+        for name in SERVER_ATTACKS:
+            s = r[name]
+            tag = " (paper's attacks' strongest)" if name == r["strongest_paper_attack"] else ""
+            tag += " (strongest)" if name == r["strongest_attack"] else ""
+            meets = ""
+            if "paper_server_nmse" in r:
+                meets = "yes" if s["nmse"] >= r["paper_server_nmse"] else "no"
+            lines.append(
+                f"| server `{name}`{tag}, Sx={sx}, Sp={sp} | {s['nmse']:.4f} | {s['ssim']:.4f} | "
+                f"{r.get('paper_server_nmse', '-')} | {r.get('paper_server_ssim', '-')} | {meets} |"
+            )
+    lines += ["", "Server rows: 'meets' = NMSE >= the paper's (privacy at least as strong).", ""]
+    lines += [
+        "Two-sample KS test, informative vs noise entries of the public codes (values / magnitudes):",
+        "",
+    ]
+    for sp, r in result["ambiguation"].items():
+        kv, km = r["ks_values"], r["ks_magnitudes"]
+        lines.append(
+            f"- Sp={sp}: D={kv['statistic']:.4f} (p={kv['pvalue']:.3g}) / "
+            f"D={km['statistic']:.4f} (p={km['pvalue']:.3g})"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def log_wandb(result: dict, out_dir: Path) -> None:
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    table = wandb.Table(columns=["party", "attack", "Sx", "Sp", "nmse", "nmse_global", "ssim"])
+    for sx, r in result["authorized"].items():
+        table.add_data("authorized", "", int(sx), 0, r["nmse"], r["nmse_global"], r["ssim"])
+    for sp, r in result["ambiguation"].items():
+        a = r["authorized"]
+        table.add_data("authorized", "", result["table_sx"], int(sp), a["nmse"], a["nmse_global"], a["ssim"])
+        for name in SERVER_ATTACKS:
+            s = r[name]
+            table.add_data(
+                "server", name, result["table_sx"], int(sp), s["nmse"], s["nmse_global"], s["ssim"]
+            )
+    run = wandb.init(
+        project="privzoo", job_type="sca_table", dir=str(out_dir), config={"checkpoint": result["checkpoint"]}
+    )
+    run.log({"sca/table_I": table})
+    run.finish()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--out", default="runs/sca/table")
+    parser.add_argument("--sx", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--sp", type=int, nargs="+", default=[8, 16, 24, 32])
+    parser.add_argument("--table-sx", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N test images")
+    parser.add_argument("--no-wandb", action="store_true")
+    args = parser.parse_args(argv)
+    model = SCA.load_from_checkpoint(args.ckpt, map_location="cpu")
+    # val_size only shapes the train/val split, unused here: the test set is the official one
+    dm = FashionMNISTDataModule(
+        data_dir=args.data_dir, eval_batch_size=args.batch_size, download=False, val_size=1
+    )
+    dm.setup("test")
+    start = time.time()
+    result = measure(model, dm.test_dataloader(), args.sx, args.sp, args.table_sx, args.seed, args.limit)
+    result.update(
+        checkpoint=str(args.ckpt),
+        table_sx=args.table_sx,
+        seed=args.seed,
+        seconds=round(time.time() - start, 1),
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.json").write_text(json.dumps(result, indent=2))
+    (out / "table.md").write_text(markdown(result))
+    if not args.no_wandb:
+        log_wandb(result, out)
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
