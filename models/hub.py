@@ -554,6 +554,13 @@ class PrivzooHubMixin(
         header, metadata = _safetensors_header(weights_path)
         with torch.device("cpu"):
             model = cls(**kwargs)
+        # data-sized ("lazy") buffers, e.g. a hashing model's database codes, take the file's shapes;
+        # every other tensor is checked against the model built from config.json
+        for name in getattr(model, "_lazy_buffers", ()):
+            if name in header and hasattr(model, "_resize_lazy"):
+                dtype = _SAFETENSORS_DTYPES.get(header[name][0])
+                if dtype is not None:
+                    model._resize_lazy(name, header[name][1], dtype)
         cls._check_weights(model, header, weights_path, strict)
         tensors = load_file(str(weights_path), device="cpu")
         stored = metadata.get(DIGEST_KEY)

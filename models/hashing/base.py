@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from models.backbones import create_backbone
+from models.hub import PrivzooHubMixin
 from models.metrics import HammingMAP, sign_codes
 
 __all__ = ["HashingModule", "label_similarity", "sign_codes"]
@@ -44,7 +45,7 @@ def label_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a.float() @ b.float().T) > 0).float()
 
 
-class HashingModule(L.LightningModule):
+class HashingModule(PrivzooHubMixin, L.LightningModule):
     """Base LightningModule of the deep hashing victims (not used directly).
 
     Args:
