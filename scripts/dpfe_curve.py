@@ -8,6 +8,7 @@ logs them to an offline wandb run, and prints whether DPFE is Acc-Priv superior 
 accuracy gaps to the attribute model.
 
     python scripts/dpfe_curve.py --train            # trains the 3 stages via the CLI configs, then measures
+                                                    # (into runs/dpfe/{attribute,simple,dpfe}/last.ckpt)
     python scripts/dpfe_curve.py --attribute A.ckpt --simple S.ckpt --dpfe D.ckpt
 """
 
@@ -62,7 +63,9 @@ def train_stages(
             *stage_args.get(stage, []),
         ]
         print("+", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True, cwd=REPO)
+        # one intra-op thread: on a small shared CPU machine this is several times faster than oversubscribing
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        subprocess.run(cmd, check=True, cwd=REPO, env=env)
         previous = ckpts[stage] = ckpt_dir / "last.ckpt"
     return ckpts
 

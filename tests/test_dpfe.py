@@ -335,6 +335,26 @@ def test_procedure_1_through_the_cli(fashion_mnist_dir, tmp_path):
     assert 0 <= float(metrics["val/lrp"]) <= 1
     reloaded = DPFE.load_from_checkpoint(tmp_path / "dpfe" / "last.ckpt").eval()
     assert reloaded.hparams.stage == "dpfe" and reloaded.extract(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    # fine-tuning a reloaded model keeps its weights: init_from (the Simple checkpoint) is not re-applied
+    before = {k: v.clone() for k, v in reloaded.state_dict().items()}
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    reloaded.hparams.lr = 0.0
+    trainer.fit(
+        reloaded,
+        datamodule=FashionMNISTDataModule(data_dir=str(fashion_mnist_dir), batch_size=16, val_size=32),
+    )
+    assert trainer.global_step == 1
+    for key, value in before.items():
+        if "running" not in key and "num_batches" not in key:  # BatchNorm statistics move in train mode
+            torch.testing.assert_close(reloaded.state_dict()[key], value, msg=key)
     with pytest.raises(ValueError, match=r"shape mismatch for \['head.weight', 'head.bias'\]"):
         DPFE(stage="simple", attribute_set="F")._load_previous_stage(
             str(tmp_path / "attribute" / "last.ckpt")
@@ -434,3 +454,40 @@ def test_onnx_export_parity(tmp_path):
         atol=1e-5,
         rtol=1e-5,
     )
+
+
+# ----------------------------------------------------------------------------------------------------
+# DDP
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # two ddp_spawn start-ups (~25 s on 2 busy cores)
+def test_ddp_pca_init_and_synced_privacy_match_one_process(fashion_mnist_dir):
+    L.seed_everything(0)
+
+    def dm():  # a fresh (not yet set up) datamodule per run: ddp_spawn pickles it
+        return FashionMNISTDataModule(data_dir=str(fashion_mnist_dir), batch_size=16, val_size=32)
+
+    common = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    # lr 0: after fit the weights are exactly the PCA initialisation; validation runs on them
+    model = DPFE(stage="simple", lr=0.0, pca_samples=64)
+    ddp = L.Trainer(
+        strategy="ddp_spawn",
+        devices=2,
+        max_epochs=1,
+        limit_train_batches=1,
+        enable_checkpointing=False,
+        **common,
+    )
+    ddp.fit(model, datamodule=dm())
+    # every rank computed the PCA from the same seeded images: equal to the single-process PCA
+    data = dm()
+    data.setup()
+    h = torch.cat([model._elementary(b["image"].float() / 255) for b in data.train_dataloader()])[:64]
+    ref = LinearBottleneck(500, 10, [500])
+    ref.init_pca(h.detach())
+    torch.testing.assert_close(
+        model.bottleneck.encoder.weight.abs(), ref.encoder.weight.abs(), atol=1e-4, rtol=1e-3
+    )
+    # the 32 val images split over 2 ranks: the gathered privacy equals the single-process value
+    one = L.Trainer(devices=1, **common).validate(model, datamodule=dm())[0]
+    for key in ("val/lrp", "val/nn_error", "val/rank_mean", "val/z_acc"):
+        assert float(ddp.callback_metrics[key]) == pytest.approx(one[key], abs=1e-6), key

@@ -125,6 +125,7 @@ class DPFE(L.LightningModule):
         # paper footnote 4: mean of the per-attribute accuracies (= mean over all sample x attribute hits)
         self.val_acc = MeanMetric()
         self.test_acc = MeanMetric()
+        self._initialised = False  # init_from / PCA done (or weights restored from a checkpoint)
         self.val_privacy: IdentityPrivacy | None = None
         self.test_privacy: IdentityPrivacy | None = None
         if num_identities is not None:
@@ -209,9 +210,17 @@ class DPFE(L.LightningModule):
                 )
             self._build_privacy(c)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["dpfe_initialised"] = True
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # restored weights (resume, load_from_checkpoint): a later fit must not re-run init_from / PCA
+        self._initialised = True
+
     def on_fit_start(self) -> None:
-        if self.trainer.ckpt_path is not None:  # resuming: the checkpoint already holds every weight
+        if self._initialised or self.trainer.ckpt_path is not None:
             return
+        self._initialised = True
         loaded_bottleneck = False
         if self.hparams.init_from:
             loaded_bottleneck = self._load_previous_stage(self.hparams.init_from)
@@ -300,7 +309,8 @@ class DPFE(L.LightningModule):
         if not metric.update_called:
             return
         values = metric.compute()
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=False)
+        # the metric already gathered every rank's features: the values are equal on all ranks
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=True)
         metric.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
