@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dpfe", default="runs/dpfe/dpfe/last.ckpt")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out", default="runs/dpfe/curve")
+    parser.add_argument(
+        "--val-size", type=int, default=5000, help="held-out train images (as in the configs)"
+    )
     parser.add_argument("--train-samples", type=int, default=10000, help="training images for C")
     parser.add_argument("--test-samples", type=int, default=None, help="cap on test images (default: all)")
     parser.add_argument("--estimator", default="kde", choices=["kde", "knn"])
@@ -156,7 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
     for key in ("backbone", "cut", "attribute_set", "feature_dim"):
         if models["simple"].hparams[key] != hp[key]:
             raise SystemExit(f"Simple and DPFE differ in {key}: {models['simple'].hparams[key]} vs {hp[key]}")
-    dm = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=1000, eval_batch_size=1000, download=False)
+    dm = FashionMNISTDataModule(
+        data_dir=args.data_dir, batch_size=1000, eval_batch_size=1000, val_size=args.val_size, download=False
+    )
     dm.prepare_data()
     dm.setup()
 

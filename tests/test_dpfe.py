@@ -355,6 +355,33 @@ def test_procedure_1_through_the_cli(fashion_mnist_dir, tmp_path):
     for key, value in before.items():
         if "running" not in key and "num_batches" not in key:  # BatchNorm statistics move in train mode
             torch.testing.assert_close(reloaded.state_dict()[key], value, msg=key)
+    # the curve script and the ONNX script end to end on these checkpoints
+    import dpfe_curve
+    import dpfe_onnx
+
+    ckpts = [f"--{stage}={tmp_path / stage / 'last.ckpt'}" for stage in ("attribute", "simple", "dpfe")]
+    out = dpfe_curve.main(
+        [
+            *ckpts,
+            f"--data-dir={fashion_mnist_dir}",
+            "--val-size=32",
+            f"--out={tmp_path / 'curve'}",
+            "--ratios",
+            "0",
+            "1",
+        ]
+    )
+    assert [row["r"] for row in out["curves"]["dpfe"]] == [0.0, 1.0]
+    assert {"per_ratio", "per_accuracy"} <= set(out["summary"]["superior"])
+    assert (tmp_path / "curve" / "curve.json").exists() and (tmp_path / "curve" / "curve_lrp.png").exists()
+    assert "| dpfe | 1 |" in (tmp_path / "curve" / "curve.md").read_text()
+    assert list(
+        (tmp_path / "curve" / "wandb").glob("offline-run-*/files/media/images/dpfe/acc_priv_lrp_*.png")
+    )
+    onnx = dpfe_onnx.main(
+        [f"--ckpt={tmp_path / 'dpfe' / 'last.ckpt'}", f"--out={tmp_path / 'x.onnx'}", "--runs=5"]
+    )
+    assert onnx["max_abs_diff"] < 1e-4 and onnx["size_mb"] > 0 and onnx["latency_ms"] > 0
     with pytest.raises(ValueError, match=r"shape mismatch for \['head.weight', 'head.bias'\]"):
         DPFE(stage="simple", attribute_set="F")._load_previous_stage(
             str(tmp_path / "attribute" / "last.ckpt")
