@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--ratios", type=float, nargs="*", default=list(PAPER_RATIOS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--noise-draws", type=int, default=1, help="noise draws averaged per r")
     parser.add_argument("--no-wandb", action="store_true")
     args = parser.parse_args(argv)
 
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         cov = feature_covariance(train_f)
         test_f, z, y = collect_features(model, dm.test_dataloader(), args.test_samples)
         curves[name] = accuracy_privacy_curve(
-            model, test_f, z, y, cov, args.ratios, 10, args.estimator, args.k, args.seed
+            model, test_f, z, y, cov, args.ratios, 10, args.estimator, args.k, args.seed, args.noise_draws
         )
         for row in curves[name]:
             print(
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cut": hp.cut,
         "feature_dim": hp.feature_dim,
         "estimator": args.estimator,
+        "noise_draws": args.noise_draws,
         "checkpoints": {k: str(v) for k, v in ckpts.items()},
         "attribute_z_acc": attribute_acc,
         "gap_simple": r0["simple"]["z_acc"] - attribute_acc if r0 else float("nan"),

@@ -67,6 +67,7 @@ def accuracy_privacy_curve(
     estimator: str = "kde",
     k: int = 10,
     seed: int = 0,
+    noise_draws: int = 1,
 ) -> list[dict[str, float]]:
     """For each r: H_r = H + N(0, r C) -> z-accuracy of the z-predictor on H_r and identity privacy of H_r.
 
@@ -80,7 +81,9 @@ def accuracy_privacy_curve(
         num_identities: c_y.
         estimator: privacy estimator (``"kde"`` / ``"knn"``).
         k: k of ``"knn"``.
-        seed: noise seed (the same noise draw for every model compared).
+        seed: noise seed (the same noise draws for every model compared).
+        noise_draws: independent noise draws per r (seeds ``seed .. seed + noise_draws - 1``); every
+            measure is averaged over them (r = 0 needs one).
 
     Returns:
         One dict per r: ``{"r", "z_acc", "lrp", "rank_mean", "rank_std", "nn_error"}``.
@@ -88,13 +91,18 @@ def accuracy_privacy_curve(
     was_training = module.training
     module.eval()
     rows = []
+    if noise_draws < 1:
+        raise ValueError(f"noise_draws must be >= 1, got {noise_draws}")
     for r in ratios:
-        noisy = add_feature_noise(features, cov, float(r), torch.Generator().manual_seed(seed))
-        logits = torch.cat(
-            [module.predict_from_features(c.to(module.device)).cpu() for c in noisy.split(4096)]
-        )
-        priv = identity_privacy(noisy, y, num_identities, estimator, k)
-        rows.append({"r": float(r), "z_acc": z_accuracy(logits, z), **{n: float(v) for n, v in priv.items()}})
+        draws = []
+        for i in range(noise_draws if r > 0 else 1):
+            noisy = add_feature_noise(features, cov, float(r), torch.Generator().manual_seed(seed + i))
+            logits = torch.cat(
+                [module.predict_from_features(c.to(module.device)).cpu() for c in noisy.split(4096)]
+            )
+            priv = identity_privacy(noisy, y, num_identities, estimator, k)
+            draws.append({"z_acc": z_accuracy(logits, z), **{n: float(v) for n, v in priv.items()}})
+        rows.append({"r": float(r), **{key: float(np.mean([d[key] for d in draws])) for key in draws[0]}})
     module.train(was_training)
     return rows
 
