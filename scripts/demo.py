@@ -1,42 +1,125 @@
-"""End-to-end demo until the zoo lands: train the baseline classifier on real Fashion-MNIST, then test it.
+"""The zoo demo: load every shipped checkpoint and evaluate it on the real Fashion-MNIST test set.
 
-    python scripts/demo.py [--data-dir data] [--epochs 2]
+    python scripts/demo.py [--data-dir data] [--out runs/demo] [--only NAME ...] [--write-cards]
 
-Runs through the same LightningCLI as ``scripts/cli.py`` (config ``configs/classifier/fashion_mnist.yaml``),
-logs to an offline wandb run under ``logs/`` unless wandb is configured (``wandb sync logs/wandb/<run>``
-uploads it), and tests the best checkpoint on the 10,000 test images.
+For each entry of ``models.zoo`` (``checkpoints/<name>/``, loaded offline), runs the entry's evaluation
+function and prints one table: the utility metric and the privacy metric next to the paper's numbers and
+next to the values recorded in the checkpoint's model card (``card`` column: the measured value must
+reproduce it). Writes the same results as ``results.json`` and as an offline wandb run under ``--out``
+(upload later with ``wandb sync <out>/wandb/offline-run-*``).
+
+``--write-cards`` records the measured numbers in the cards instead (used when a checkpoint is shipped).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli import cli_main  # noqa: E402
+from models import zoo  # noqa: E402
+from models.cards import read_card_metrics  # noqa: E402
 
 
-def main() -> None:
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--epochs", type=int, default=2)
-    args = parser.parse_args()
-    config = Path(__file__).resolve().parents[1] / "configs" / "classifier" / "fashion_mnist.yaml"
-    cli = cli_main(
-        [
-            f"--config={config}",
-            f"--data.init_args.data_dir={args.data_dir}",
-            f"--trainer.max_epochs={args.epochs}",
-        ],
-        run=False,
+    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--only", nargs="+", default=None, help="evaluate only these checkpoint names")
+    parser.add_argument("--write-cards", action="store_true", help="record the numbers in the model cards")
+    parser.add_argument("--wandb", choices=["offline", "online", "disabled"], default="offline")
+    parser.add_argument("--tolerance", type=float, default=1e-3, help="|measured - card| allowed")
+    args = parser.parse_args(argv)
+    names = args.only or zoo.available()
+    for name in names:
+        zoo.get_entry(name)  # unknown names fail before any work, listing the available ones
+    if not names:
+        raise SystemExit("the zoo has no checkpoints (models.zoo._ENTRIES is empty)")
+
+    from tqdm.auto import tqdm
+
+    rows = []
+    for name in tqdm(names, desc="checkpoints", unit="ckpt"):
+        entry = zoo.get_entry(name)
+        recorded = {
+            m["name"]: m["value"] for m in read_card_metrics(entry.folder) if m.get("split") == "test"
+        }
+        t0 = time.perf_counter()
+        metrics = zoo.evaluate(
+            name, args.data_dir, write_card="scripts/demo.py" if args.write_cards else None
+        )
+        row = {
+            "name": name,
+            "dataset": entry.dataset,
+            "seconds": time.perf_counter() - t0,
+            "metrics": metrics,
+        }
+        for role in ("utility", "privacy"):
+            key = getattr(entry, role)
+            row[role] = {
+                "metric": key,
+                "measured": metrics.get(key) if key else None,
+                "paper": entry.paper.get(key) if key else None,
+                "card": recorded.get(key) if key else None,
+            }
+        row["paper_ref"] = entry.paper_ref
+        rows.append(row)
+        tqdm.write(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    header = "| checkpoint | utility | measured | paper | card | privacy | measured | paper | card |"
+    lines = [header, "|" + " --- |" * 9]
+    mismatches = []
+    for row in rows:
+        cells = [row["name"]]
+        for role in ("utility", "privacy"):
+            r = row[role]
+            cells += [r["metric"] or "—", _fmt(r["measured"]), _fmt(r["paper"]), _fmt(r["card"])]
+            if not args.write_cards and r["card"] is not None and r["measured"] is not None:
+                if abs(r["measured"] - r["card"]) > args.tolerance:
+                    mismatches.append(
+                        f"{row['name']} {r['metric']}: measured {r['measured']:.4f}, card {r['card']:.4f}"
+                    )
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    print("\npaper: " + "; ".join(f"{r['name']}: {r['paper_ref']}" for r in rows if r["paper_ref"]))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    (out / "results.md").write_text(table + "\n")
+    if args.wandb != "disabled":
+        import wandb
+
+        run = wandb.init(
+            project="privzoo", name="zoo-demo", dir=str(out), mode=args.wandb, reinit="finish_previous"
+        )
+        columns = ["checkpoint", "utility", "measured", "paper", "privacy", "measured ", "paper "]
+        wtable = wandb.Table(columns=columns)
+        for row in rows:
+            u, p = row["utility"], row["privacy"]
+            wtable.add_data(
+                row["name"], u["metric"], u["measured"], u["paper"], p["metric"], p["measured"], p["paper"]
+            )
+        run.log({"demo/zoo": wtable})
+        run.finish()
+    print(
+        f"\nresults: {out / 'results.json'}, {out / 'results.md'}"
+        + ("" if args.wandb == "disabled" else f", wandb run under {out / 'wandb'} (wandb sync to upload)")
     )
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best")
-    print(f"test accuracy of the best checkpoint on Fashion-MNIST: {results[0]['test/acc']:.4f}")
+    if mismatches:
+        raise SystemExit("measured values differ from the model cards:\n  " + "\n  ".join(mismatches))
+    return rows
 
 
 if __name__ == "__main__":

@@ -320,3 +320,25 @@ def test_publish_refuses_pickles_orphans_and_broken_folders(tiny_zoo, capsys):
     (TINY.folder / "config.json").write_text("{broken")
     assert publish.main(["--dry-run", "--only", "clf-tiny"]) == 1
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_demo_writes_cards_then_reproduces_them(tiny_zoo, fashion_mnist_dir, tmp_path):
+    import demo
+
+    args = ["--data-dir", str(fashion_mnist_dir), "--out", str(tmp_path / "demo"), "--wandb", "offline"]
+    first = demo.main(args + ["--write-cards"])
+    assert first[0]["utility"]["card"] is None  # nothing recorded before
+    rows = demo.main(args)  # now the card holds the numbers and the demo must reproduce them
+    (row,) = rows
+    assert row["utility"]["measured"] == pytest.approx(row["utility"]["card"], abs=1e-6)
+    assert row["utility"]["paper"] == 0.9
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert saved[0]["metrics"] == pytest.approx(row["metrics"])
+    assert "| clf-tiny | acc |" in (tmp_path / "demo" / "results.md").read_text()
+    assert list((tmp_path / "demo" / "wandb").glob("offline-run-*"))
+    # a card that the checkpoint no longer reproduces is reported, not hidden
+    update_card_metrics(TINY.folder, {"acc": 0.123}, source="tests")
+    with pytest.raises(SystemExit, match="differ from the model cards"):
+        demo.main(args + ["--wandb", "disabled"])
+    with pytest.raises(zoo.UnknownCheckpointError, match="available: clf-tiny"):
+        demo.main(args + ["--only", "nope"])

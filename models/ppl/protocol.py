@@ -26,6 +26,8 @@ __all__ = [
     "dataset_pools",
     "hash_images",
     "image_quality",
+    "ppl_metrics",
+    "victim_metrics",
     "protect_datamodule",
     "protect_uint8",
     "scenario_maps",
@@ -164,3 +166,73 @@ def image_quality(clean: torch.Tensor, protected: torch.Tensor, batch_size: int 
         ssim += float(structural_similarity_index_measure(z, x, data_range=1.0, reduction="sum"))
         n += b
     return {"psnr": psnr / n, "ssim": ssim / n}
+
+
+def _retrieval_datamodule(data_dir: str, datamodule: str):
+    from models.zoo import resolve_callable
+
+    dm = resolve_callable(datamodule)(data_dir=data_dir, split="retrieval")
+    dm.prepare_data()
+    dm.setup("test")
+    return dm
+
+
+@torch.no_grad()
+def victim_metrics(victim, data_dir: str, datamodule: str = "datamodules.FashionMNISTDataModule") -> dict:
+    """Zoo evaluation of a victim hashing model: clean mAP@all (query = test set, database = train set).
+
+    Args:
+        victim: a trained ``models.hashing`` model.
+        data_dir: dataset root.
+        datamodule: dotted path of the retrieval datamodule class.
+
+    Returns:
+        ``{"map_cc": ...}``.
+    """
+    dm = _retrieval_datamodule(data_dir, datamodule)
+    pool = dm.query_set.images
+    q = hash_images(victim.hash, pool[dm.query_set.indices])
+    d = hash_images(victim.hash, pool[dm.database_set.indices])
+    return {"map_cc": float(hamming_map(q, dm.query_set.targets, d, dm.database_set.targets))}
+
+
+@torch.no_grad()
+def ppl_metrics(
+    model,
+    data_dir: str,
+    victims: tuple[str, ...] = ("adsh-fashion-mnist-16bit",),
+    datamodule: str = "datamodules.FashionMNISTDataModule",
+) -> dict:
+    """Zoo evaluation of a PPL model: image quality, surrogate and zoo-victim mAPs in the four scenarios.
+
+    The released (8-bit) protected version of the whole image pool is computed once; every victim (a zoo
+    checkpoint name, trained on clean images) is then queried in the four scenarios.
+
+    Args:
+        model: a trained :class:`models.ppl.PPL`.
+        data_dir: dataset root.
+        victims: zoo names of victim hashing models.
+        datamodule: dotted path of the retrieval datamodule class.
+
+    Returns:
+        ``{"psnr", "ssim", "surrogate_map_cc", ..., "<victim>_map_ca", ...}`` with ``<victim>`` the part of
+        the name before the first ``-`` (e.g. ``adsh_map_ca``).
+    """
+    from models import zoo
+
+    dm = _retrieval_datamodule(data_dir, datamodule)
+    pool = dm.query_set.images
+    protected = protect_uint8(model.protect, pool)
+    q, d = dm.query_set.indices, dm.database_set.indices
+    labels = dm.query_set.targets, dm.database_set.targets
+    out = image_quality(pool[q], protected[q])
+    for prefix, hash_fn in [("surrogate", model.hash)] + [
+        (v.split("-")[0], zoo.load(v).hash) for v in victims
+    ]:
+        codes = {}
+        for role, idx in (("query", q), ("db", d)):
+            codes[f"{role}_c"] = hash_images(hash_fn, pool[idx])
+            codes[f"{role}_a"] = hash_images(hash_fn, protected[idx])
+        for name, value in scenario_maps(codes, *labels).items():
+            out[f"{prefix}_map_{name.replace('->', '').lower()}"] = value
+    return out
