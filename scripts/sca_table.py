@@ -114,6 +114,21 @@ def measure(model: SCA, loader, sx_list, sp_list, table_sx: int, seed: int, limi
     return out
 
 
+@torch.no_grad()
+def refit_statistics(model: SCA, dm, ckpt: str, save: str | None) -> None:
+    """The statistics half of SCA's transform stage on eval-mode features of the whole training split."""
+    model.eval()
+    feats = []
+    loader = torch.utils.data.DataLoader(dm.train_set, batch_size=1000, collate_fn=dm.train_set.collate_fn)
+    for batch in loader:
+        feats.append(model.features(batch["image"].float() / 255))
+    model.fit_transform(torch.cat(feats), refit_transform=False)
+    if save:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state["state_dict"] = {k: v.clone() for k, v in model.state_dict().items()}
+        torch.save(state, save)
+
+
 def markdown(result: dict) -> str:
     lines = [
         f"SCA Table I on Fashion-MNIST test ({result['num_images']} images), "
@@ -194,13 +209,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N test images")
     parser.add_argument("--no-wandb", action="store_true")
+    parser.add_argument(
+        "--refit-statistics",
+        action="store_true",
+        help="first refresh the ambiguation statistics (W, R kept) from eval-mode training features",
+    )
+    parser.add_argument(
+        "--val-size", type=int, default=5000, help="held-out part of the training split (as trained)"
+    )
+    parser.add_argument(
+        "--save", default=None, help="with --refit-statistics: write the refreshed checkpoint here"
+    )
     args = parser.parse_args(argv)
     model = SCA.load_from_checkpoint(args.ckpt, map_location="cpu")
-    # val_size only shapes the train/val split, unused here: the test set is the official one
     dm = FashionMNISTDataModule(
-        data_dir=args.data_dir, eval_batch_size=args.batch_size, download=False, val_size=1
+        data_dir=args.data_dir, eval_batch_size=args.batch_size, download=False, val_size=args.val_size
     )
+    dm.setup("fit")
     dm.setup("test")
+    if args.refit_statistics:
+        refit_statistics(model, dm, args.ckpt, args.save)
     start = time.time()
     result = measure(model, dm.test_dataloader(), args.sx, args.sp, args.table_sx, args.seed, args.limit)
     result.update(

@@ -392,6 +392,7 @@ def test_table_and_bench_scripts_on_tiny_inputs(fashion_mnist_dir, tmp_path, cap
     out = tmp_path / "table"
     result = sca_table.main(
         ["--ckpt", str(ckpt), "--data-dir", str(fashion_mnist_dir), "--out", str(out), "--batch-size", "32"]
+        + ["--val-size", "32", "--refit-statistics", "--save", str(tmp_path / "refit.ckpt")]
     )
     assert result["num_images"] == 64 and set(result["authorized"]) == {1, 2, 4, 8, 16}
     assert set(result["ambiguation"]) == {8, 16, 24, 32}
@@ -402,6 +403,11 @@ def test_table_and_bench_scripts_on_tiny_inputs(fashion_mnist_dir, tmp_path, cap
     )
     assert (out / "table.md").read_text().count("| server") == 12
     assert list((out / "wandb").glob("offline-run-*"))
+    refit = torch.load(tmp_path / "refit.ckpt", weights_only=False)["state_dict"]
+    assert not torch.equal(refit["quantiles"], model.quantiles) and torch.equal(
+        refit["transform"], model.transform
+    )
+    assert {"statistic", "pvalue"} <= set(saved["ambiguation"]["16"]["ks_values"])
     bench = bench_sca.main(
         ["--num-codes", "3000", "--num-queries", "50", "--chunk", "1000", "--out", str(tmp_path / "b")]
     )

@@ -33,6 +33,7 @@ __all__ = [
     "ambiguate_codes",
     "empirical_cdf",
     "gap_ratios",
+    "quantile_grid",
     "empirical_quantile",
     "purify",
     "sample_complement_tail",
@@ -40,12 +41,22 @@ __all__ = [
 ]
 
 
+def quantile_grid(num_quantiles: int, device=None) -> Tensor:
+    """Probabilities ``[Q]`` of the quantile tables: ``0``, ``Phi(z)`` for ``Q - 2`` equally spaced normal
+    scores ``z`` in ``[-4, 4]``, and ``1`` (dense in the tails, where the informative entries live)."""
+    if num_quantiles < 3:
+        return torch.linspace(0, 1, num_quantiles, dtype=torch.float64, device=device)
+    z = torch.linspace(-4, 4, num_quantiles - 2, dtype=torch.float64, device=device)
+    inner = torch.special.ndtr(z)
+    return torch.cat([inner.new_zeros(1), inner, inner.new_ones(1)])
+
+
 def value_quantiles(values: Tensor, num_quantiles: int) -> Tensor:
-    """Per-column quantile table of ``values`` at ``linspace(0, 1, num_quantiles)``.
+    """Per-column quantile table of ``values`` at the probabilities :func:`quantile_grid`.
 
     Args:
         values: ``[M, D]`` coefficients (one data point per row).
-        num_quantiles: ``Q >= 2`` table size (``Q`` probabilities, endpoints = min and max).
+        num_quantiles: ``Q >= 2`` table size (endpoints = min and max).
 
     Returns:
         ``[D, Q]`` non-decreasing rows.
@@ -54,73 +65,99 @@ def value_quantiles(values: Tensor, num_quantiles: int) -> Tensor:
         raise ValueError(f"need at least 2 points to estimate quantiles, got {values.shape[0]}")
     ordered = values.detach().sort(dim=0).values  # [M, D]
     m = ordered.shape[0]
-    pos = torch.linspace(0, m - 1, num_quantiles, dtype=torch.float64, device=values.device)
+    pos = quantile_grid(num_quantiles, values.device) * (m - 1)
     lo, hi = pos.floor().long(), pos.ceil().long()
     frac = (pos - lo).to(values.dtype)[:, None]
     table = ordered[lo] * (1 - frac) + ordered[hi] * frac  # [Q, D]
     return table.T.contiguous()
 
 
-def empirical_cdf(table: Tensor, t: Tensor) -> Tensor:
-    """``F(t)`` of the piecewise-linear law whose quantile rows are ``table``.
+def _law_index(table: Tensor, t: Tensor, law: Tensor | None) -> Tensor:
+    if law is not None:
+        return law.long()
+    if t.shape[0] != table.shape[0]:
+        raise ValueError(
+            f"without law, t needs one row per table row ({table.shape[0]}), got {tuple(t.shape)}"
+        )
+    return torch.arange(table.shape[0], device=t.device).view(-1, *([1] * (t.dim() - 1))).expand(t.shape)
+
+
+def empirical_cdf(table: Tensor, t: Tensor, law: Tensor | None = None) -> Tensor:
+    """``F(t)`` of the piecewise-linear laws whose quantile rows are ``table``.
+
+    One ``searchsorted`` over all rows at once (each row shifted into its own band), without copying a
+    table row per point.
 
     Args:
-        table: ``[K, Q]`` non-decreasing quantile rows.
-        t: ``[K]`` or ``[K, B]`` points (row ``k`` evaluated under law ``k``).
+        table: ``[P, Q]`` non-decreasing quantile rows (``P`` laws).
+        t: points, any shape.
+        law: row of ``table`` for each point (shape of ``t``); ``None``: row ``i`` for ``t[i, ...]``.
 
     Returns:
         Probabilities in ``[0, 1]``, the shape of ``t``.
     """
-    flat = t.dim() == 1
-    t2 = t[:, None] if flat else t
+    law = _law_index(table, t, law)
     q = table.shape[1]
-    idx = torch.searchsorted(table.contiguous(), t2.contiguous(), right=True)
+    tab = table.double()
+    bound = float(tab.abs().max()) + 1.0
+    offsets = torch.arange(tab.shape[0], device=tab.device, dtype=torch.float64) * (2 * bound + 1)
+    flat = (tab + offsets[:, None]).reshape(-1)
+    tt = t.double().clamp(-bound + 0.5, bound - 0.5)
+    idx = torch.searchsorted(flat, (tt + offsets[law]).contiguous(), right=True) - law * q  # in [0, Q]
     hi = idx.clamp(1, q - 1)
     lo = hi - 1
-    a, b = table.gather(1, lo), table.gather(1, hi)
-    frac = ((t2 - a) / (b - a).clamp(min=1e-12)).clamp(0, 1)
-    p = (lo.to(t2.dtype) + frac) / (q - 1)
+    a, b = tab[law, lo], tab[law, hi]
+    frac = ((tt - a) / (b - a).clamp(min=1e-12)).clamp(0, 1)
+    grid = quantile_grid(q, tab.device)
+    p = grid[lo] + frac * (grid[hi] - grid[lo])
     p = torch.where(idx == 0, torch.zeros_like(p), torch.where(idx >= q, torch.ones_like(p), p))
-    return p[:, 0] if flat else p
+    return p.to(t.dtype)
 
 
-def empirical_quantile(table: Tensor, u: Tensor) -> Tensor:
-    """``F^-1(u)`` of the piecewise-linear law whose quantile rows are ``table``.
+def empirical_quantile(table: Tensor, u: Tensor, law: Tensor | None = None) -> Tensor:
+    """``F^-1(u)`` of the piecewise-linear laws whose quantile rows are ``table``.
 
     Args:
-        table: ``[K, Q]``.
-        u: ``[K]`` in ``[0, 1]``.
+        table: ``[P, Q]``.
+        u: probabilities in ``[0, 1]``, any shape.
+        law: row of ``table`` for each point (shape of ``u``); ``None``: row ``i`` for ``u[i, ...]``.
 
     Returns:
-        ``[K]`` values.
+        Values, the shape of ``u``.
     """
+    law = _law_index(table, u, law)
     q = table.shape[1]
-    pos = u.clamp(0, 1) * (q - 1)
-    lo = pos.floor().long().clamp(0, q - 2)
-    frac = (pos - lo.to(pos.dtype)).clamp(0, 1)
-    a, b = table.gather(1, lo[:, None]).squeeze(1), table.gather(1, (lo + 1)[:, None]).squeeze(1)
+    grid = quantile_grid(q, table.device)
+    uu = u.double().clamp(0, 1)
+    lo = (torch.searchsorted(grid, uu.contiguous(), right=True) - 1).clamp(0, q - 2)
+    frac = ((uu - grid[lo]) / (grid[lo + 1] - grid[lo]).clamp(min=1e-300)).clamp(0, 1).to(u.dtype)
+    a, b = table[law, lo].to(u.dtype), table[law, lo + 1].to(u.dtype)
     return a + (b - a) * frac
 
 
-def sample_complement_tail(table: Tensor, lam: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def sample_complement_tail(
+    table: Tensor, lam: Tensor, generator: torch.Generator | None = None, law: Tensor | None = None
+) -> Tensor:
     """Draws ``v ~ F`` conditioned on ``|v| >= lambda`` (the complement of the truncation interval).
 
     Args:
-        table: ``[K, Q]`` quantile rows of the law at each noise position.
+        table: ``[P, Q]`` quantile rows of the laws.
         lam: ``[K]`` thresholds (>= 0).
         generator: random source.
+        law: ``[K]`` row of ``table`` of each draw; ``None``: ``P = K``, row ``k`` for draw ``k``.
 
     Returns:
-        ``[K]`` values with ``|v| >= lambda`` (up to the table's resolution); where the law has no mass
-        beyond ``lambda`` the value is ``+-lambda`` with the sign of the law's larger tail.
+        ``[K]`` values with ``|v| >= lambda``; where the law has no mass beyond ``lambda`` the value is
+        ``+-lambda`` with the sign of the law's larger tail.
     """
-    below = empirical_cdf(table, -lam)  # mass of v <= -lambda
-    upper_start = empirical_cdf(table, lam)
+    law = _law_index(table, lam, law)
+    below = empirical_cdf(table, -lam, law)  # mass of v <= -lambda
+    upper_start = empirical_cdf(table, lam, law)
     above = 1 - upper_start  # mass of v >= lambda
     total = below + above
     u = torch.rand(lam.shape, generator=generator, device=lam.device, dtype=lam.dtype) * total
     value = torch.where(
-        u < below, empirical_quantile(table, u), empirical_quantile(table, upper_start + u - below)
+        u < below, empirical_quantile(table, u, law), empirical_quantile(table, upper_start + u - below, law)
     )
     # keep the truncation exact where interpolation rounds inside (-lambda, lambda)
     value = torch.where(value < 0, torch.minimum(value, -lam), torch.maximum(value, lam))
@@ -201,8 +238,8 @@ def ambiguate_codes(
     tail = torch.stack(
         [
             1
-            - empirical_cdf(tables[m], lam[:, m][None].expand(length, -1).contiguous())
-            + empirical_cdf(tables[m], -lam[:, m][None].expand(length, -1).contiguous())
+            - empirical_cdf(tables[m], lam[:, m][None].expand(length, -1))
+            + empirical_cdf(tables[m], -lam[:, m][None].expand(length, -1))
             for m in range(maps)
         ],
         1,
@@ -210,9 +247,9 @@ def ambiguate_codes(
     weights = (tail.to(torch.float64).clamp(min=0) + 1e-12).masked_fill(support, 0).reshape(b * maps, length)
     positions = torch.multinomial(weights, sp, replacement=False, generator=generator)  # [B*maps, sp]
     rows_map = map_id.repeat(b)[:, None].expand(-1, sp).reshape(-1)
-    noise_tables = tables[rows_map, positions.reshape(-1)]  # [B*maps*sp, Q]
+    law = rows_map * length + positions.reshape(-1)  # row of the flattened [maps * L, Q] tables
     lam_rows = lam.reshape(b * maps)[:, None].expand(-1, sp).reshape(-1)
-    noise = sample_complement_tail(noise_tables, lam_rows, generator)  # eq. (4): n_p on the complement
+    noise = sample_complement_tail(tables.reshape(maps * length, -1), lam_rows, generator, law)  # eq. (4)
     if ternary:
         noise = torch.where(noise < 0, -1.0, 1.0).to(dtype)
     public = codes.reshape(b * maps, length).clone()

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
-from models.sca.ambiguation import ambiguate_codes, gap_ratios, purify, value_quantiles
+from models.sca.ambiguation import ambiguate_codes, gap_ratios, purify, quantile_grid, value_quantiles
 from models.sca.index import SupportIntersectionIndex
 from models.sca.metrics import NMSE
 from models.sca.networks import ConvDecoder, ConvEncoder
@@ -170,7 +170,7 @@ class SCA(L.LightningModule):
         eye = torch.eye(length).expand(maps, length, length).clone()
         self.register_buffer("transform", eye.clone())  # W per map, [maps, L, N]
         self.register_buffer("reconstruct", eye.clone())  # R per map, [maps, N, L]
-        normal = torch.special.ndtri(torch.linspace(0.001, 0.999, num_quantiles))
+        normal = torch.special.ndtri(quantile_grid(num_quantiles).clamp(1e-5, 1 - 1e-5)).float()
         self.register_buffer("quantiles", normal.expand(maps, length, num_quantiles).clone())
         self.register_buffer("ratios", torch.full((maps, length, num_quantiles), 0.9))  # gap ratios
         self.register_buffer("threshold", torch.zeros(maps))
