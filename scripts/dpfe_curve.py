@@ -93,7 +93,8 @@ def markdown(curves: dict[str, list[dict]], summary: dict) -> str:
         f"DPFE Acc-Priv superior to Simple (LRP, at every r: higher LRP and >= accuracy): "
         f"{summary['superior']['per_ratio']} (failing r: {summary['superior']['failures_per_ratio']})",
         f"DPFE Acc-Priv superior to Simple (LRP at equal accuracy, interpolated): "
-        f"{summary['superior']['per_accuracy']} (failing r: {summary['superior']['failures_per_accuracy']})",
+        f"{summary['superior']['per_accuracy']} (failing r: {summary['superior']['failures_per_accuracy']}; "
+        f"compared at r: {summary['superior']['compared_per_accuracy']})",
         "",
     ]
     return "\n".join(lines)
@@ -234,7 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(
         f"DPFE Acc-Priv superior at equal accuracy (interpolated LRP): {superior['per_accuracy']} "
-        f"(failing r: {superior['failures_per_accuracy']})"
+        f"(failing r: {superior['failures_per_accuracy']}; "
+        f"compared at r: {superior['compared_per_accuracy']})"
     )
     print(f"wrote {out / 'curve.json'}, {out / 'curve.md'}, {', '.join(str(p) for p in pictures.values())}")
     return {"summary": summary, "curves": curves}

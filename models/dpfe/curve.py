@@ -128,11 +128,12 @@ def compare_curves(
       accuracy (the issue's target, "higher LRP at equal or better z-accuracy").
     * ``per_accuracy`` (Definition 11 read on the curves): at each candidate point whose accuracy lies inside
       the baseline curve's accuracy range, its privacy exceeds the baseline's privacy linearly interpolated
-      at that accuracy.
+      at that accuracy (points outside that range have no baseline point of equal accuracy and are not
+      compared; ``compared_per_accuracy`` lists the r that were).
 
     Returns:
         ``{"per_ratio": bool, "per_accuracy": bool, "failures_per_ratio": [r, ...],
-        "failures_per_accuracy": [r, ...]}``.
+        "failures_per_accuracy": [r, ...], "compared_per_accuracy": [r, ...]}``.
     """
     by_r = {row["r"]: row for row in baseline}
     fail_r = [
@@ -143,9 +144,10 @@ def compare_curves(
     acc_b = np.array([row["z_acc"] for row in baseline])
     priv_b = np.array([row[privacy] for row in baseline])
     order = np.argsort(acc_b)
-    fail_a = []
+    fail_a, compared = [], []
     for c in candidate:
         if acc_b.min() <= c["z_acc"] <= acc_b.max():
+            compared.append(c["r"])
             ref = float(np.interp(c["z_acc"], acc_b[order], priv_b[order]))
             if not c[privacy] > ref:
                 fail_a.append(c["r"])
@@ -154,4 +156,5 @@ def compare_curves(
         "per_accuracy": not fail_a,
         "failures_per_ratio": fail_r,
         "failures_per_accuracy": fail_a,
+        "compared_per_accuracy": compared,
     }
