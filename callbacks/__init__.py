@@ -1,5 +1,6 @@
 """Lightning callbacks shared by the privzoo methods (pictures and tables for wandb)."""
 
+from callbacks.dpfe import AccuracyPrivacyCurveLogger as AccuracyPrivacyCurveLogger  # DPFE curve
 from callbacks.images import ImageGridLogger, log_image_grids, to_uint8_grid
 from callbacks.sca import SCAPlotsLogger as SCAPlotsLogger  # SCA plots (models.sca)
 
