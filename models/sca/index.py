@@ -37,7 +37,7 @@ class SupportIntersectionIndex:
         query_batch: queries scored together.
     """
 
-    def __init__(self, dim: int, block_size: int = 131072, query_batch: int = 1024) -> None:
+    def __init__(self, dim: int, block_size: int = 8192, query_batch: int = 512) -> None:
         if dim < 1 or block_size < 1 or query_batch < 1:
             raise ValueError(
                 f"dim, block_size and query_batch must be >= 1, got {dim}, {block_size}, {query_batch}"
