@@ -123,14 +123,16 @@ class SupportIntersectionIndex:
 
     def _search_batch(self, q, k, radius, fair, generator):
         b = q.shape[0]
-        q_nnz = q.ne(0).sum(1).float()
+        # [sign q, |q|, 1] . [-2 sign p, 1, |p|] = d_T(q, p): the distance in one matrix product
+        q_aug = torch.cat([q, q.ne(0).sum(1, keepdim=True).float(), torch.ones(b, 1)], 1)
         best_key = torch.full((b, k), float("inf"))
         best_d = torch.full((b, k), float("inf"))
         best_i = torch.full((b, k), -1, dtype=torch.long)
         offset = 0
         for block, nnz in zip(self._blocks, self._nnz, strict=True):
-            score = q @ block.float().T  # sign-aware support intersection <sign q, sign p>, [b, m]
-            dist = q_nnz[:, None] + nnz[None, :] - 2 * score  # d_T = ||sign q - sign p||^2
+            p_aug = torch.cat([block.float() * -2, torch.ones(block.shape[0], 1), nnz[:, None]], 1)
+            # |q| + |p| - 2 <sign q, sign p> (sign-aware support intersection) = ||sign q - sign p||^2
+            dist = q_aug @ p_aug.T  # d_T, [b, m]
             if fair:
                 key = torch.rand(dist.shape, generator=generator)
                 key.masked_fill_(dist > radius, float("inf"))
