@@ -333,6 +333,8 @@ def test_procedure_1_through_the_cli(fashion_mnist_dir, tmp_path):
         metrics
     )
     assert 0 <= float(metrics["val/lrp"]) <= 1
+    # the config's AccuracyPrivacyCurveLogger drew the val curve (a PNG under the CSV logger's folder)
+    assert list((tmp_path / "logs").glob("**/images/val_acc_priv_lrp_step*.png"))
     reloaded = DPFE.load_from_checkpoint(tmp_path / "dpfe" / "last.ckpt").eval()
     assert reloaded.hparams.stage == "dpfe" and reloaded.extract(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     # fine-tuning a reloaded model keeps its weights: init_from (the Simple checkpoint) is not re-applied
