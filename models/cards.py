@@ -75,6 +75,7 @@ CARD_CONTEXT_KEYS = {
     "training_config": "the LightningCLI config YAML (text) of the training run",
     "training_config_path": "where that YAML came from (shown in the card)",
     "source": "where the weights came from, e.g. 'runs/x/last.ckpt (epoch 9, global step 4690)'",
+    "notes": "free text on how the weights were trained, e.g. where the run departs from the config",
 }
 
 
@@ -263,7 +264,8 @@ def render_card(
         "## Loading\n\n" + _loading_example(cls, name, repo_id),
         "## Dataset and split\n\n" + _dataset_section(context),
         "## Training config\n\nModel init arguments (`config.json`, rebuilds the model):\n\n"
-        f"```json\n{json.dumps(dict(config), sort_keys=True, indent=2)}\n```\n\n{cli_part}",
+        f"```json\n{json.dumps(dict(config), sort_keys=True, indent=2)}\n```\n\n{cli_part}"
+        + (f"\n\n**Training notes**: {context['notes']}" if context.get("notes") else ""),
         "## Metrics\n\n" + _metrics_block([], None),
         "## Threat model and limits\n\n" + threat,
     ]

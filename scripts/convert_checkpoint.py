@@ -114,6 +114,7 @@ def convert(
     split: str | None = None,
     force: bool = False,
     trust_pickle: bool = False,
+    notes: str | None = None,
 ) -> Path:
     """Converts ``ckpt`` into the Hub folder ``out_dir`` (see the module docstring); returns ``out_dir``."""
     ckpt, out_dir = Path(ckpt), Path(out_dir)
@@ -155,6 +156,8 @@ def convert(
         context["datamodule"] = datamodule
     if split:
         context["split"] = split
+    if notes:
+        context["notes"] = notes
     if cli_config is not None:
         context["training_config"] = cli_config.read_text()
         context["training_config_path"] = cli_config.name
@@ -179,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="LightningCLI config.yaml of the training run")
     parser.add_argument("--name", help="zoo name for the card (default: the folder name)")
     parser.add_argument("--split", help="text describing the data split, for the card")
+    parser.add_argument(
+        "--notes", help="how the weights were trained (e.g. a run stopped early), for the card"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite a non-empty OUT_DIR")
     parser.add_argument(
         "--trust-pickle", action="store_true", help="torch.load(weights_only=False): trusted files only"
@@ -194,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             args.split,
             args.force,
             args.trust_pickle,
+            args.notes,
         )
     except (ConversionError, ImportError, TypeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
