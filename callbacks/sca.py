@@ -26,10 +26,13 @@ def figure_to_uint8(fig) -> np.ndarray:
 
 def _tsne(points: torch.Tensor, seed: int) -> np.ndarray:
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     x = points.flatten(1).double().cpu().numpy()
     perplexity = float(min(30.0, max(2.0, (x.shape[0] - 1) / 4)))
-    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed, max_iter=500).fit_transform(x)
+    # one OpenMP thread: a few hundred points gain nothing from more, and a busy machine loses a lot
+    with threadpool_limits(1):
+        return TSNE(2, perplexity=perplexity, init="pca", random_state=seed, max_iter=500).fit_transform(x)
 
 
 @torch.no_grad()
