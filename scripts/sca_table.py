@@ -9,7 +9,8 @@
   extra, stronger attack reported next to it.
 
 Normalised MSE is ``||x - x_hat||^2 / ||x||^2`` averaged over images (``nmse``; ``nmse_global`` divides the
-sums), SSIM is torchmetrics' (11x11 Gaussian window, data range 1). Writes ``table.json``, ``table.md``
+sums), SSIM is torchmetrics' (11x11 Gaussian window, data range 1). The measurement lives in
+:mod:`models.sca.evaluation` (shared with the zoo's ``zoo_metrics``). Writes ``table.json``, ``table.md``
 and an offline wandb run with the table (``WANDB_MODE`` respected).
 """
 
@@ -22,111 +23,17 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from scipy import stats
-from torchmetrics.image import StructuralSimilarityIndexMeasure
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules import FashionMNISTDataModule  # noqa: E402
-from models.sca import NMSE, SCA, SERVER_ATTACKS  # noqa: E402
-
-PAPER_ATTACKS = ("as_is", "top_sx")
-# Table I, Fashion-MNIST row
-PAPER_AUTH = {
-    1: (0.5355, 0.4926),
-    2: (0.4298, 0.5989),
-    4: (0.3368, 0.6976),
-    8: (0.2657, 0.7753),
-    16: (0.2236, 0.8242),
-}
-PAPER_SERVER = {8: (0.2775, 0.7506), 16: (0.3255, 0.6835), 24: (0.3635, 0.6351), 32: (0.4026, 0.5914)}
-
-
-def _pair():
-    return {
-        "nmse": NMSE(),
-        "nmse_global": NMSE("global"),
-        "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
-    }
-
-
-def _update(metrics, preds, target):
-    for m in metrics.values():
-        m.update(preds, target)
-
-
-def _compute(metrics):
-    return {k: round(float(m.compute()), 4) for k, m in metrics.items()}
-
-
-@torch.no_grad()
-def measure(model: SCA, loader, sx_list, sp_list, table_sx: int, seed: int, limit: int | None = None) -> dict:
-    model.eval()
-    auth = {sx: _pair() for sx in sx_list}
-    amb = {sp: {"authorized": _pair(), **{a: _pair() for a in SERVER_ATTACKS}} for sp in sp_list}
-    gen = torch.Generator().manual_seed(seed)
-    values = {sp: ([], []) for sp in sp_list}  # informative / noise entries of the public codes
-    seen = 0
-    for batch in loader:
-        x = batch["image"].float() / 255 if batch["image"].dtype == torch.uint8 else batch["image"]
-        if limit is not None:
-            x = x[: max(0, limit - seen)]
-            if not len(x):
-                break
-        seen += len(x)
-        for sx in sx_list:
-            _update(auth[sx], model.decode(model.encode(x, sx=sx)), x)
-        codes = model.encode(x, sx=table_sx)
-        for sp in sp_list:
-            public = model.ambiguate(codes, sp, gen)
-            if sum(v.numel() for v in values[sp][0]) < 50_000:
-                values[sp][0].append(public[codes != 0])
-                values[sp][1].append(public[(public != 0) & (codes == 0)])
-            _update(amb[sp]["authorized"], model.decode(model.purify(public, codes != 0)), x)
-            for name, images in model.server_attacks(public, sx=table_sx).items():
-                _update(amb[sp][name], images, x)
-    out = {"num_images": seen, "authorized": {}, "ambiguation": {}}
-    for sx in sx_list:
-        row = _compute(auth[sx])
-        if sx in PAPER_AUTH:
-            row["paper_nmse"], row["paper_ssim"] = PAPER_AUTH[sx]
-            row["meets_nmse"] = row["nmse"] <= PAPER_AUTH[sx][0]
-            row["meets_ssim"] = row["ssim"] >= PAPER_AUTH[sx][1]
-        out["authorized"][sx] = row
-    for sp in sp_list:
-        row = {name: _compute(m) for name, m in amb[sp].items()}
-        paper = min(PAPER_ATTACKS, key=lambda a: row[a]["nmse"])
-        overall = min(SERVER_ATTACKS, key=lambda a: row[a]["nmse"])
-        row["strongest_paper_attack"], row["strongest_attack"] = paper, overall
-        if sp in PAPER_SERVER:
-            row["paper_server_nmse"], row["paper_server_ssim"] = PAPER_SERVER[sp]
-            row["server_meets_paper_vs_paper_attacks"] = row[paper]["nmse"] >= PAPER_SERVER[sp][0]
-            row["server_meets_paper_vs_all_attacks"] = row[overall]["nmse"] >= PAPER_SERVER[sp][0]
-        info, noise = torch.cat(values[sp][0]).numpy(), torch.cat(values[sp][1]).numpy()
-        ks, ks_abs = stats.ks_2samp(info, noise), stats.ks_2samp(abs(info), abs(noise))
-        row["ks_values"] = {"statistic": round(float(ks.statistic), 4), "pvalue": float(ks.pvalue)}
-        row["ks_magnitudes"] = {
-            "statistic": round(float(ks_abs.statistic), 4),
-            "pvalue": float(ks_abs.pvalue),
-        }
-        out["ambiguation"][sp] = row
-    return out
-
-
-@torch.no_grad()
-def refit_statistics(model: SCA, dm, ckpt: str, save: str | None) -> None:
-    """The statistics half of SCA's transform stage on eval-mode features of the whole training split."""
-    model.eval()
-    feats = []
-    loader = torch.utils.data.DataLoader(dm.train_set, batch_size=1000, collate_fn=dm.train_set.collate_fn)
-    for batch in loader:
-        feats.append(model.features(batch["image"].float() / 255))
-    model.fit_transform(torch.cat(feats), refit_transform=False)
-    if save:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        state["state_dict"] = {k: v.clone() for k, v in model.state_dict().items()}
-        torch.save(state, save)
+from models.sca import SCA, SERVER_ATTACKS  # noqa: E402
+from models.sca.evaluation import (  # noqa: E402, F401 (PAPER_* re-exported for callers of the script)
+    PAPER_ATTACKS,
+    PAPER_AUTH,
+    PAPER_SERVER,
+    measure,
+    refit_statistics,
+)
 
 
 def markdown(result: dict) -> str:

@@ -416,3 +416,76 @@ def test_table_and_bench_scripts_on_tiny_inputs(fashion_mnist_dir, tmp_path, cap
         bench["results"]["faiss_ternary"]["recall@10"], abs=0.05
     )
     assert "speed ratio" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------------
+# the zoo: Hub layout and the zoo evaluation
+# ----------------------------------------------------------------------------------------------------
+def _trained_tiny_sca():
+    """A tiny SCA after a few Adam steps and one transform stage (all buffers moved off their init)."""
+    torch.manual_seed(0)
+    model = tiny_sca(code_length=64, sx=8, sp=16, sq=8, train_sx=[4, 8], ssim_weight=0.1)
+    opt = model.configure_optimizers()
+    model.train()
+    for _ in range(3):
+        x = torch.rand(16, 1, 28, 28)
+        loss = model.training_step({"image": x}, 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.fit_transform(torch.cat(model._epoch_features))
+    model._epoch_features = []
+    return model.eval()
+
+
+def test_hub_roundtrip_of_a_trained_model(tmp_path):
+    from models.hub import PrivzooHubMixin
+
+    assert SCA.__mro__[1] is PrivzooHubMixin  # first base
+    model = _trained_tiny_sca()
+    assert int(model.refits) == 1 and not torch.equal(model.transform[0], torch.eye(64))
+    model.save_pretrained(tmp_path / "sca", model_card_kwargs={"name": "sca-tiny"})
+    assert {p.name for p in (tmp_path / "sca").iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    card = (tmp_path / "sca" / "README.md").read_text()
+    assert "not a formal guarantee" in card and "curious server" in card
+    loaded = SCA.from_pretrained(tmp_path / "sca")
+    assert not loaded.training and dict(loaded.hparams) == dict(model.hparams)
+    state, state2 = model.state_dict(), loaded.state_dict()
+    assert state.keys() == state2.keys()
+    assert all(torch.equal(state[k], state2[k]) for k in state)
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+        codes = model.encode(x)
+        torch.testing.assert_close(loaded.encode(x), codes, rtol=0, atol=0)
+        public = model.ambiguate(codes, 16, torch.Generator().manual_seed(1))
+        public2 = loaded.ambiguate(codes, 16, torch.Generator().manual_seed(1))
+        torch.testing.assert_close(public2, public, rtol=0, atol=0)
+        attacks, attacks2 = model.server_attacks(public), loaded.server_attacks(public)
+        for name in attacks:
+            torch.testing.assert_close(attacks2[name], attacks[name], rtol=0, atol=0)
+
+
+def test_zoo_metrics_on_tiny_fashion_mnist(fashion_mnist_dir):
+    from datamodules import FashionMNISTDataModule
+    from models.sca.evaluation import measure, zoo_metrics
+
+    model = tiny_sca(code_length=64, sx=16)
+    metrics = zoo_metrics(model, str(fashion_mnist_dir), sp_list=(8, 32), batch_size=32, val_size=32)
+    expected = {"ssim_sx16", "nmse_sx16", "num_images"} | {
+        f"server_nmse{a}_sp{sp}" for a in ("", "_posterior_mean") for sp in (8, 32)
+    }
+    assert set(metrics) == expected and metrics["num_images"] == 64
+    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
+    # the same numbers as the full Table I measurement (scripts/sca_table.py) with the same seed
+    dm = FashionMNISTDataModule(
+        data_dir=str(fashion_mnist_dir), eval_batch_size=32, download=False, val_size=32
+    )
+    dm.setup("test")
+    full = measure(model, dm.test_dataloader(), [16], [8, 32], 16, 0)
+    assert metrics["ssim_sx16"] == full["authorized"][16]["ssim"]
+    row = full["ambiguation"][32]
+    assert metrics["server_nmse_sp32"] == min(row["as_is"]["nmse"], row["top_sx"]["nmse"])
+    assert metrics["server_nmse_posterior_mean_sp32"] == row["posterior_mean"]["nmse"]
+    with pytest.raises(ValueError, match="privacy_sp"):
+        zoo_metrics(model, str(fashion_mnist_dir), sp_list=(8,))
