@@ -27,7 +27,7 @@ from models.dpfe import (
     split_at,
     y_remover_loss,
 )
-from models.dpfe.curve import accuracy_privacy_curve, compare_curves, pareto_mask
+from models.dpfe.curve import accuracy_privacy_curve, collect_features, compare_curves, pareto_mask
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from cli import cli_main  # noqa: E402
@@ -427,6 +427,7 @@ def test_celeba_config_fast_dev_run(tmp_path, monkeypatch):
             "--model.init_args.pca_samples=32",
             "--trainer.fast_dev_run=true",
             "--trainer.logger=false",
+            f"--checkpoint.dirpath={tmp_path / 'checkpoints'}",  # not ./checkpoints (the zoo's folder)
             "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false",
         ]
@@ -452,7 +453,11 @@ def test_celeba_attributes_must_match_the_set(tmp_path, monkeypatch):
         batch_size=8,
     )
     trainer = L.Trainer(
-        fast_dev_run=True, logger=False, enable_progress_bar=False, enable_model_summary=False
+        fast_dev_run=True,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     model = DPFE(stage="attribute", dataset="celeba", attribute_set="GA", in_chans=3, image_size=16)
     with pytest.raises(
@@ -483,6 +488,71 @@ def test_onnx_export_parity(tmp_path):
         atol=1e-5,
         rtol=1e-5,
     )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hub layout (models.hub) and the zoo evaluation (models.dpfe.evaluate)
+# ----------------------------------------------------------------------------------------------------
+def _fit_steps(model, data_dir, steps):
+    trainer = L.Trainer(
+        max_steps=steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(model, datamodule=FashionMNISTDataModule(data_dir=str(data_dir), batch_size=16, val_size=32))
+    return trainer
+
+
+def test_trained_model_round_trips_in_hub_layout(fashion_mnist_dir, tmp_path):
+    from models.dpfe.evaluate import MEASURES, zoo_metrics
+
+    L.seed_everything(0)
+    model = DPFE(stage="dpfe", pca_samples=64)  # PCA-initialised AE, then 3 steps of eq. (7)
+    _fit_steps(model, fashion_mnist_dir, 3)
+    assert int(model.bottleneck.norm.num_batches_tracked) == 3  # BatchNorm statistics moved: they must travel
+    model.eval()
+    folder = tmp_path / "dpfe-tiny"
+    model.save_pretrained(folder, model_card_kwargs={"name": "dpfe-tiny", "dataset": "Fashion-MNIST"})
+    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    loaded = DPFE.from_pretrained(folder)
+    assert not loaded.training and dict(loaded.hparams) == dict(model.hparams)
+    state, again = model.state_dict(), loaded.state_dict()
+    assert state.keys() == again.keys()
+    for key in state:
+        assert state[key].dtype == again[key].dtype and torch.equal(state[key], again[key]), key
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(model.extract(x), loaded.extract(x)) and torch.equal(model(x), loaded(x))
+    card = (folder / "README.md").read_text()
+    assert "DPFE (deep private-feature extraction)" in card
+    assert "**empirical**, not a formal guarantee" in card
+
+    # the zoo evaluation on the fixture's 64 test images: the same numbers for the saved and the loaded model
+    metrics = zoo_metrics(loaded, str(fashion_mnist_dir), val_size=32)
+    assert set(metrics) == set(MEASURES)
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert metrics == zoo_metrics(model, str(fashion_mnist_dir), val_size=32)
+    # it is Procedure 2 (models.dpfe.curve) at r = 0; other ratios add "<measure>_r<r>" keys
+    dm = FashionMNISTDataModule(data_dir=str(fashion_mnist_dir), batch_size=1000, val_size=32)
+    dm.setup()
+    f, z, y = collect_features(loaded, dm.test_dataloader())
+    (row,) = accuracy_privacy_curve(loaded, f, z, y, feature_covariance(f), [0.0], 10)
+    assert metrics == pytest.approx({m: row[m] for m in MEASURES}, abs=1e-12)
+    noisy = zoo_metrics(loaded, str(fashion_mnist_dir), ratios=(0.0, 1.0), val_size=32, train_samples=64)
+    assert set(noisy) == set(MEASURES) | {f"{m}_r1" for m in MEASURES}
+    assert {m: noisy[m] for m in MEASURES} == metrics and noisy["z_acc_r1"] <= 1.0
+    with pytest.raises(ValueError, match="ratios is empty"):
+        zoo_metrics(loaded, str(fashion_mnist_dir), ratios=(), val_size=32)
+
+    # fine-tuning a loaded model keeps its weights: init_from (here a missing file) and the PCA are not re-run
+    tuned = DPFE.from_pretrained(folder, init_from=str(tmp_path / "missing.ckpt"), lr=0.0)
+    _fit_steps(tuned, fashion_mnist_dir, 1)
+    for key, value in loaded.state_dict().items():
+        if "running" not in key and "num_batches" not in key:  # BatchNorm statistics move in train mode
+            assert torch.equal(tuned.state_dict()[key], value), key
 
 
 # ----------------------------------------------------------------------------------------------------
