@@ -66,6 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--victim-arg", action="append", default=[], help="CLI override for victims, key=value")
     p.add_argument("--data-arg", action="append", default=[], help="CLI override for all data, key=value")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="TABLE_JSON",
+        help="only combine the table.json files of earlier runs (e.g. victims trained in parallel processes) "
+        "into one table under --out; rows measured twice must agree",
+    )
     p.add_argument("--out", default="runs/ppl_table")
     p.add_argument("--tag", default="", help="suffix of the output files (e.g. a transferability run)")
     p.add_argument("--wandb", choices=["offline", "online", "disabled"], default="offline")
@@ -222,8 +229,50 @@ def log_wandb(args, results: dict, grids: dict[int, torch.Tensor], out: Path) ->
     run.finish()
 
 
+def merge(paths: list[str]) -> dict:
+    """One results dict from several ``table.json`` files (same protector per code length)."""
+    merged: dict = {"dataset": None, "bits": {}, "command": " ".join(sys.argv), "merged_from": paths}
+    for path in paths:
+        part = json.loads(Path(path).read_text())
+        merged["dataset"] = merged["dataset"] or part["dataset"]
+        for bits, res in part["bits"].items():
+            into = merged["bits"].setdefault(bits, {"ppl": res["ppl"], "quality": res["quality"], "rows": []})
+            if into["ppl"]["ckpt"] != res["ppl"]["ckpt"]:
+                raise SystemExit(
+                    f"{path}: {bits}-bit rows come from PPL {res['ppl']['ckpt']}, not {into['ppl']['ckpt']}"
+                )
+            for row in res["rows"]:
+                same = [
+                    r
+                    for r in into["rows"]
+                    if (r["model"], r["trained_on"]) == (row["model"], row["trained_on"])
+                ]
+                if same and _rounded(same[0]["map"]) != _rounded(row["map"]):
+                    raise SystemExit(
+                        f"{path}: {row['model']} ({row['trained_on']}) disagrees with an earlier file"
+                    )
+                if not same:
+                    into["rows"].append(row)
+    for res in merged["bits"].values():  # victims first, in a fixed order, the surrogate last
+        res["rows"].sort(key=lambda r: (r["model"] == "PPL surrogate", r["model"], r["trained_on"] != "C"))
+    return merged
+
+
+def _rounded(maps: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 6) for k, v in maps.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.merge:
+        results = merge(args.merge)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"table{args.tag}.json").write_text(json.dumps(results, indent=2))
+        (out / f"table{args.tag}.md").write_text(markdown(results))
+        print(markdown(results))
+        log_wandb(args, results, {}, out)
+        return results
     if args.ppl_ckpt and len(args.bits) != 1:
         raise SystemExit("--ppl-ckpt is one trained model: give exactly one --bits value")
     out = Path(args.out)

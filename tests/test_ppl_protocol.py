@@ -134,5 +134,24 @@ def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, m
     again = ppl_table.main(rerun)
     assert again["bits"]["8"]["rows"][0]["map"] == rows[0]["map"]
     assert again["bits"]["8"]["quality"] == pytest.approx(q, rel=1e-5)
+    # rows of separate runs (e.g. victims trained in parallel) merge into one table
+    merged = ppl_table.main(
+        [
+            "--merge",
+            str(tmp_path / "again" / "table.json"),
+            str(out / "table.json"),
+            "--out",
+            str(tmp_path / "m"),
+        ]
+        + ["--wandb", "disabled"]
+    )
+    assert [(r["model"], r["trained_on"]) for r in merged["bits"]["8"]["rows"]] == [
+        ("ADSH", "C"),
+        ("ADSH", "A"),
+        ("DSDH", "C"),
+        ("DSDH", "A"),
+        ("PPL surrogate", "PPL"),
+    ]
+    assert "| DSDH | A |" in (tmp_path / "m" / "table.md").read_text()
     with pytest.raises(SystemExit, match="VICTIM:DOMAIN=PATH"):
         ppl_table.main(rerun[:-2] + ["--victim-ckpt", "adsh=x.ckpt"])

@@ -302,7 +302,8 @@ def test_publish_creates_repos_and_uploads_folders(tiny_zoo, capsys):
 def test_publish_with_the_real_table(capsys):
     if zoo.available():
         assert publish.main(["--dry-run"]) == 0
-        assert all(f"privzoo/{name}  <-  " in capsys.readouterr().out for name in zoo.available())
+        out = capsys.readouterr().out
+        assert all(f"privzoo/{name}  <-  " in out for name in zoo.available())
     else:
         assert publish.main(["--dry-run"]) == 0
         assert "nothing to publish" in capsys.readouterr().out
