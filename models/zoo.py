@@ -96,7 +96,7 @@ class ZooEntry:
     evaluate: str | None = None
     utility: str | None = None
     privacy: str | None = None
-    paper: Mapping[str, float] = field(default_factory=dict)
+    paper: Mapping[str, float | None] = field(default_factory=dict)
     paper_ref: str = ""
     evaluate_kwargs: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
@@ -144,6 +144,29 @@ class ZooEntry:
 # ----------------------------------------------------------------------------------------------------
 _ENTRIES: tuple[ZooEntry, ...] = (
     ZooEntry(
+        name="ppl-fashion-mnist-16bit",
+        class_path="models.ppl.PPL",
+        dataset="Fashion-MNIST",
+        evaluate="models.ppl.protocol.ppl_metrics",
+        evaluate_kwargs={"victims": ("adsh-fashion-mnist-16bit",)},
+        utility="ssim",
+        privacy="adsh_map_ca",
+        paper={"ssim": None, "adsh_map_ca": 0.3853},
+        paper_ref="PPL Table 1, Fashion-MNIST, 16 bits, clean-trained ADSH, C->A",
+        description="PPL generator + surrogate (l_inf epsilon 0.3), 16-bit codes",
+    ),
+    ZooEntry(
+        name="adsh-fashion-mnist-16bit",
+        class_path="models.hashing.ADSH",
+        dataset="Fashion-MNIST",
+        evaluate="models.ppl.protocol.victim_metrics",
+        utility="map_cc",
+        privacy=None,
+        paper={"map_cc": 0.9007},
+        paper_ref="PPL Table 1, Fashion-MNIST, 16 bits, clean-trained ADSH, C->C",
+        description="ADSH victim retrieval model trained on clean images (PPL's evaluation)",
+    ),
+    ZooEntry(
         name="sca-fashion-mnist-sx16",
         class_path="models.sca.SCA",
         dataset="Fashion-MNIST",
@@ -156,6 +179,28 @@ _ENTRIES: tuple[ZooEntry, ...] = (
             "Sp=32 (strongest of the paper's as_is / top_sx attacks; higher = more private)"
         ),
         description="SCA conv autoencoder + sparse codes with ambiguation, L=128, one model for Sx<=16",
+    ),
+    ZooEntry(
+        name="dpfe-fashion-mnist",
+        class_path="models.dpfe.DPFE",
+        dataset="Fashion-MNIST",
+        evaluate="models.dpfe.evaluate.zoo_metrics",
+        utility="z_acc",
+        privacy="lrp",
+        paper={"z_acc": None, "lrp": None},
+        paper_ref="DPFE (Osia et al.): no Fashion-MNIST numbers in the paper (CelebA curves only)",
+        description="DPFE private-feature extractor (d = 10, attribute set FU, y = class), r = 0",
+    ),
+    ZooEntry(
+        name="dpfe-fashion-mnist-simple",
+        class_path="models.dpfe.DPFE",
+        dataset="Fashion-MNIST",
+        evaluate="models.dpfe.evaluate.zoo_metrics",
+        utility="z_acc",
+        privacy="lrp",
+        paper={"z_acc": None, "lrp": None},
+        paper_ref="DPFE (Osia et al.): no Fashion-MNIST numbers in the paper (CelebA curves only)",
+        description="DPFE's Simple baseline (AE bottleneck, no y-remover; d = 10, attribute set FU), r = 0",
     ),
 )
 
