@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datamodules import FashionMNISTDataModule  # noqa: E402
 from models.hashing import ADSH, DSDH  # noqa: E402
 from models.ppl import PPL  # noqa: E402
-from models.ppl.protocol import hash_images, protect_uint8, scenario_maps  # noqa: E402
+from models.ppl.protocol import protect_uint8, scenario_codes, scenario_maps  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -156,10 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     protected = protect_uint8(ppl.protect, pool)
     t1 = time.perf_counter()
     q, d = dm.query_set.indices, dm.database_set.indices
-    codes = {}
-    for role, idx in (("query", q), ("db", d)):
-        codes[f"{role}_c"] = hash_images(victim.hash, pool[idx])
-        codes[f"{role}_a"] = hash_images(victim.hash, protected[idx])
+    codes = scenario_codes(victim.hash, pool, protected, q, d)
     t2 = time.perf_counter()
     scenario_maps(codes, dm.query_set.targets, dm.database_set.targets)
     t3 = time.perf_counter()

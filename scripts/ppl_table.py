@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.ppl import PPL  # noqa: E402
 from models.ppl.protocol import (  # noqa: E402
     SCENARIOS,
-    hash_images,
     image_quality,
     protect_uint8,
+    scenario_codes,
     scenario_maps,
 )
 from scripts.cli import cli_main  # noqa: E402
@@ -160,10 +160,7 @@ def train_victim(
             raise SystemExit(f"{ckpt} is a {model.bits}-bit {victim}, not {bits}")
         fit_s = None
     q, d = dm.query_set.indices, dm.database_set.indices
-    codes = {}
-    for role, idx in (("query", q), ("db", d)):
-        codes[f"{role}_c"] = hash_images(model.hash, pool[idx], args.batch_size)
-        codes[f"{role}_a"] = hash_images(model.hash, protected[idx], args.batch_size)
+    codes = scenario_codes(model.hash, pool, protected, q, d, args.batch_size)
     labels = dm.query_set.targets, dm.database_set.targets
     maps = scenario_maps(codes, *labels)
     fit = f"fit {fit_s:.0f} s" if fit_s is not None else f"loaded {ckpt}"
@@ -320,10 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
                 )
         # the surrogate itself, and the image quality of the released protected test images
         q, d = dm.query_set.indices, dm.database_set.indices
-        codes = {}
-        for role, idx in (("query", q), ("db", d)):
-            codes[f"{role}_c"] = hash_images(protector.hash, pool[idx], args.batch_size)
-            codes[f"{role}_a"] = hash_images(protector.hash, protected[idx], args.batch_size)
+        codes = scenario_codes(protector.hash, pool, protected, q, d, args.batch_size)
         maps = scenario_maps(codes, dm.query_set.targets, dm.database_set.targets)
         res["rows"].append({"model": "PPL surrogate", "trained_on": "PPL", "map": maps, "paper": None})
         res["quality"] = image_quality(pool[q], protected[q], args.batch_size)

@@ -156,13 +156,6 @@ class ADSH(HashingModule):
         "ADSH (asymmetric deep supervised hashing): a victim retrieval model of the PPL evaluation; "
         "query codes sign(F(x)), database codes learned directly."
     )
-    card_task = "image-feature-extraction"
-    card_tags = ("hashing", "image-retrieval")
-    card_usage = "codes = model.hash(x)  # x: float [B, C, H, W] in [0, 1] -> {-1, +1} codes [B, bits]"
-    card_threat_model = (
-        "This is not a privacy model: it is a retrieval model that PPL's protection is measured against "
-        "(the 'victim'). Its mAP on protected images is empirical evidence for PPL, not a guarantee."
-    )
 
     _lazy_buffers = ("V", "U", "U_seen", "omega")
 

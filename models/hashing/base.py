@@ -59,6 +59,15 @@ class HashingModule(PrivzooHubMixin, L.LightningModule):
         use_tanh: put ``tanh`` on the ``fc(bits)`` output.
     """
 
+    # model card texts shared by the victims (each sets its own card_method)
+    card_task = "image-feature-extraction"
+    card_tags = ("hashing", "image-retrieval")
+    card_usage = "codes = model.hash(x)  # x: float [B, C, H, W] in [0, 1] -> {-1, +1} codes [B, bits]"
+    card_threat_model = (
+        "This is not a privacy model: it is a retrieval model that PPL's protection is measured against "
+        "(the 'victim'). Its mAP on protected images is empirical evidence for PPL, not a guarantee."
+    )
+
     #: names of the buffers whose first dimension depends on the data (resized on state-dict load)
     _lazy_buffers: tuple[str, ...] = ()
 

@@ -134,13 +134,6 @@ class DSDH(HashingModule):
         "DSDH (deep supervised discrete hashing): a victim retrieval model of the PPL evaluation; "
         "codes sign(F(x))."
     )
-    card_task = "image-feature-extraction"
-    card_tags = ("hashing", "image-retrieval")
-    card_usage = "codes = model.hash(x)  # x: float [B, C, H, W] in [0, 1] -> {-1, +1} codes [B, bits]"
-    card_threat_model = (
-        "This is not a privacy model: it is a retrieval model that PPL's protection is measured against "
-        "(the 'victim'). Its mAP on protected images is empirical evidence for PPL, not a guarantee."
-    )
 
     _lazy_buffers = ("B", "U", "U_seen")
 

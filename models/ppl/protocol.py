@@ -30,6 +30,7 @@ __all__ = [
     "victim_metrics",
     "protect_datamodule",
     "protect_uint8",
+    "scenario_codes",
     "scenario_maps",
 ]
 
@@ -121,6 +122,33 @@ def hash_images(
     return torch.cat(
         [hash_fn(images[s : s + batch_size].float() / 255).float() for s in range(0, len(images), batch_size)]
     )
+
+
+@torch.no_grad()
+def scenario_codes(
+    hash_fn: Callable[[torch.Tensor], torch.Tensor],
+    pool: torch.Tensor,
+    protected: torch.Tensor,
+    query_idx: torch.Tensor,
+    db_idx: torch.Tensor,
+    batch_size: int = 1000,
+) -> dict[str, torch.Tensor]:
+    """Codes of the query and database sets in both domains, the input of :func:`scenario_maps`.
+
+    Args:
+        hash_fn: float [b, C, H, W] in [0, 1] -> codes [b, c] in {-1, +1}.
+        pool: uint8 [N, C, H, W] clean image pool; protected: its released version, same shape.
+        query_idx: [Nq] rows of the query set in the pool; db_idx: [Nd] rows of the database.
+        batch_size: images per call of ``hash_fn``.
+
+    Returns:
+        ``{"query_c", "query_a", "db_c", "db_a"}`` -> float32 codes.
+    """
+    codes = {}
+    for role, idx in (("query", query_idx), ("db", db_idx)):
+        codes[f"{role}_c"] = hash_images(hash_fn, pool[idx], batch_size)
+        codes[f"{role}_a"] = hash_images(hash_fn, protected[idx], batch_size)
+    return codes
 
 
 def scenario_maps(
@@ -229,10 +257,7 @@ def ppl_metrics(
     for prefix, hash_fn in [("surrogate", model.hash)] + [
         (v.split("-")[0], zoo.load(v).hash) for v in victims
     ]:
-        codes = {}
-        for role, idx in (("query", q), ("db", d)):
-            codes[f"{role}_c"] = hash_images(hash_fn, pool[idx])
-            codes[f"{role}_a"] = hash_images(hash_fn, protected[idx])
+        codes = scenario_codes(hash_fn, pool, protected, q, d)
         for name, value in scenario_maps(codes, *labels).items():
             out[f"{prefix}_map_{name.replace('->', '').lower()}"] = value
     return out
