@@ -32,8 +32,6 @@ fit the same ``W`` and ``R``; quantile tables are averaged over ranks.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -100,7 +98,6 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         ternary: sparse ternary codes ``{-1, 0, +1}`` (decoded with per-position scales).
         lr: Adam learning rate of the encoder / decoder.
         weight_decay: Adam weight decay.
-        lr_schedule: ``"constant"`` or ``"cosine"`` (per epoch, from ``lr`` to 0 at ``trainer.max_epochs``).
         transform_epochs: refit ``W`` / ``R`` at the end of the first this many epochs.
         transform_iterations: alternations of the eq. (1) learner per refit.
         transform_inner_steps: L-BFGS iterations per transform update.
@@ -167,7 +164,6 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         ternary: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        lr_schedule: Literal["constant", "cosine"] = "constant",
         transform_epochs: int = 1,
         transform_iterations: int = 5,
         transform_inner_steps: int = 20,
@@ -201,8 +197,6 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         self._check_sq(sq, sp)
         if num_quantiles < 2:
             raise ValueError(f"num_quantiles must be >= 2, got {num_quantiles}")
-        if lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         self._image_hw = (int(image_size[0]), int(image_size[1]))
         maps, length = code_maps, code_length
         self.encoder = ConvEncoder(in_chans, self._image_hw, channels, maps, length, extra_convs)
@@ -507,15 +501,8 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         if refit and self.transform_history:
             self.log("train/transform_objective", self.transform_history[-1], sync_dist=False)
 
-    def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.get("lr_schedule", "constant") == "constant":
-            return opt
-        epochs = self.trainer.max_epochs
-        if epochs is None or epochs < 1:
-            raise ValueError("lr_schedule='cosine' anneals over trainer.max_epochs: set max_epochs >= 1")
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     # ------------------------------------------------------------------------------------------------
     # evaluation: authorized NMSE / SSIM at sx, curious-server NMSE at sp
