@@ -408,3 +408,42 @@ def test_surrogate_starts_with_order_one_codes_and_rejects_bad_gain():
     assert scaled > 5 * default, (float(scaled), float(default))
     with pytest.raises(ValueError, match="fc_init_gain"):
         HashSurrogate(1, 16, fc_init_gain=0.0)
+
+
+def test_channels_last_fit_matches_the_default_format(fashion_mnist_dir, tmp_path):
+    def fit(channels_last: bool) -> PPL:
+        L.seed_everything(0)
+        dm = FashionMNISTDataModule(
+            data_dir=fashion_mnist_dir, batch_size=16, split="retrieval", num_train=32, num_query=16
+        )
+        model = tiny_ppl(channels_last=channels_last)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=2,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(model, datamodule=dm)
+        return model
+
+    plain, fast = fit(False), fit(True)
+    assert fast.hparams.channels_last and not plain.hparams.channels_last
+    for name, q in fast.named_parameters():
+        # back in the default format after the fit (safetensors exports need contiguous tensors)
+        assert q.is_contiguous(), name
+    fast.on_fit_start()  # what the fit trained in
+    conv = fast.generator.encoder[3].weight  # a conv with 4 input channels
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    fast.on_fit_end()
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    plain.eval(), fast.eval()
+    # same model up to float rounding (weights with ~0 gradients differ more: Adam normalises the noise)
+    torch.testing.assert_close(fast.protect(x), plain.protect(x), rtol=0, atol=2e-3)
+    torch.testing.assert_close(fast.surrogate(x), plain.surrogate(x), rtol=0, atol=2e-3)
+    fast.save_pretrained(tmp_path / "hub")
+    reloaded = PPL.from_pretrained(tmp_path / "hub")
+    for (name, p), q in zip(fast.state_dict().items(), reloaded.state_dict().values(), strict=True):
+        torch.testing.assert_close(q, p, msg=name)
