@@ -66,7 +66,7 @@ class PPL(PrivzooHubMixin, L.LightningModule):
             optimizer steps (not in the paper, which uses a constant lambda = 1: the default 0).
         fc_init_gain: start of F's fc layer, see :class:`models.ppl.surrogate.HashSurrogate`.
         channels_last: train in the channels-last memory format (weights and batches converted for the fit,
-            weights back to the default format after it); ``scripts/bench_ppl.py`` measured ~1.9x faster
+            weights back to the default format after it); ``scripts/bench_ppl.py`` measured ~1.65x faster
             PPL steps on CPU (oneDNN) this way. Same results up to float rounding.
 
     Raises:
