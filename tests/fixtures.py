@@ -22,6 +22,7 @@ import struct
 from collections.abc import Sequence
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 from PIL import Image
 
@@ -299,4 +300,19 @@ def patch_celeba_md5(monkeypatch, md5s: dict[str, str]) -> None:
 
     monkeypatch.setattr(
         CelebA, "file_list", [(fid, md5s.get(name, md5), name) for fid, md5, name in CelebA.file_list]
+    )
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    """A Lightning ``Trainer`` for tests: no logger, checkpoints, progress bar or model summary.
+
+    Args:
+        **kwargs: the test's own ``Trainer`` arguments (steps, limits, accelerator, ...).
+    """
+    return L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
     )

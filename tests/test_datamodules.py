@@ -15,6 +15,7 @@ from fixtures import (
     md5sum,
     patch_celeba_md5,
     patch_cifar10_md5,
+    quiet_trainer,
     write_celeba,
     write_cifar10_batches,
     write_mnist_idx,
@@ -426,15 +427,7 @@ def test_trainer_fit_retrieval(mnist_dir: Path) -> None:
         data_dir=str(mnist_dir), batch_size=16, split="retrieval", num_train=32, augment=True, download=False
     )
     model = _Probe(28 * 28)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=2,
-    )
+    trainer = quiet_trainer(max_epochs=1, accelerator="cpu", limit_val_batches=2)
     trainer.fit(model, datamodule=dm)
     assert {idx for _, idx in model.seen} == {0, 1}  # query and database loaders
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT
+from fixtures import quiet_trainer
 from torch import nn
 
 from callbacks.dpfe import plot_accuracy_privacy
@@ -339,15 +340,7 @@ def test_procedure_1_through_the_cli(fashion_mnist_dir, tmp_path):
     assert reloaded.hparams.stage == "dpfe" and reloaded.extract(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     # fine-tuning a reloaded model keeps its weights: init_from (the Simple checkpoint) is not re-applied
     before = {k: v.clone() for k, v in reloaded.state_dict().items()}
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0)
     reloaded.hparams.lr = 0.0
     trainer.fit(
         reloaded,
@@ -394,14 +387,7 @@ def test_fit_on_single_class_batches_fails_clearly(fashion_mnist_dir):
     dm = FashionMNISTDataModule(data_dir=str(fashion_mnist_dir), batch_size=16, val_size=32)
     dm.setup()
     dm.train_set.indices = dm.train_set.indices[dm.train_set.targets == 3]  # one class only
-    trainer = L.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=1, num_sanity_val_steps=0)
     with pytest.raises(ValueError, match="pairs of two identities"):
         trainer.fit(DPFE(stage="dpfe", pca_samples=16), datamodule=dm)
 
@@ -494,15 +480,7 @@ def test_onnx_export_parity(tmp_path):
 # Hub layout (models.hub) and the zoo evaluation (models.dpfe.evaluate)
 # ----------------------------------------------------------------------------------------------------
 def _fit_steps(model, data_dir, steps):
-    trainer = L.Trainer(
-        max_steps=steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
+    trainer = quiet_trainer(max_steps=steps, limit_val_batches=0, accelerator="cpu")
     trainer.fit(model, datamodule=FashionMNISTDataModule(data_dir=str(data_dir), batch_size=16, val_size=32))
     return trainer
 

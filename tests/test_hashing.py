@@ -3,6 +3,7 @@
 import lightning as L
 import pytest
 import torch
+from fixtures import quiet_trainer
 
 from datamodules import FashionMNISTDataModule
 from models.hashing import (
@@ -25,16 +26,7 @@ def tiny_dm(data_dir, **kwargs):
 
 
 def tiny_trainer(max_epochs, **kwargs):
-    return L.Trainer(
-        accelerator="cpu",
-        max_epochs=max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **kwargs,
-    )
+    return quiet_trainer(accelerator="cpu", max_epochs=max_epochs, num_sanity_val_steps=0, **kwargs)
 
 
 def random_codes(*shape, generator):

@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO_ROOT
+from fixtures import quiet_trainer
 
 from datamodules import FashionMNISTDataModule
 from models.ppl import (
@@ -331,15 +332,7 @@ def test_fit_validate_on_tiny_fashion_mnist(fashion_mnist_dir):
         num_database=32,
     )
     model = tiny_ppl()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(accelerator="cpu", max_steps=2, num_sanity_val_steps=0)
     before = [p.detach().clone() for p in model.generator.parameters()]
     trainer.fit(model, datamodule=dm)
     metrics = trainer.callback_metrics
@@ -417,15 +410,7 @@ def test_channels_last_fit_matches_the_default_format(fashion_mnist_dir, tmp_pat
             data_dir=fashion_mnist_dir, batch_size=16, split="retrieval", num_train=32, num_query=16
         )
         model = tiny_ppl(channels_last=channels_last)
-        trainer = L.Trainer(
-            accelerator="cpu",
-            max_steps=2,
-            limit_val_batches=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
+        trainer = quiet_trainer(accelerator="cpu", max_steps=2, limit_val_batches=0)
         trainer.fit(model, datamodule=dm)
         return model
 
