@@ -256,17 +256,18 @@ class PPL(PrivzooHubMixin, L.LightningModule):
         return out
 
     def on_fit_start(self) -> None:
-        if self.hparams.get("channels_last", False):
+        if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)
 
     def on_fit_end(self) -> None:
-        # the default format again: exports (safetensors) and inference see ordinary contiguous weights
-        self.to(memory_format=torch.contiguous_format)
+        if self.hparams.channels_last:
+            # the default format again: exports (safetensors) and inference see ordinary contiguous weights
+            self.to(memory_format=torch.contiguous_format)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x = batch["image"]
         self.check_images(x)
-        if self.hparams.get("channels_last", False):
+        if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.compute_losses(x, batch["label"])
         n = x.shape[0]
