@@ -2,6 +2,9 @@
 
     python scripts/sca_table.py --ckpt runs/sca/sca-fashion-mnist-sx16.ckpt --out runs/sca/table
 
+``--split val`` measures the same table on the 5,000 held-out training images, to choose among checkpoints
+without looking at the test set.
+
 * authorized user, Sp = 0, Sx in {1, 2, 4, 8, 16} (one model: the top-k is applied at encode time);
 * Sx = 16, Sp in {8, 16, 24, 32}: the authorized user purifies the public code with the true support;
   a curious server runs every attack of :data:`models.sca.SERVER_ATTACKS`. The paper's attacks are
@@ -38,7 +41,7 @@ from models.sca.evaluation import (  # noqa: E402, F401 (PAPER_* re-exported for
 
 def markdown(result: dict) -> str:
     lines = [
-        f"SCA Table I on Fashion-MNIST test ({result['num_images']} images), "
+        f"SCA Table I on Fashion-MNIST {result.get('split', 'test')} ({result['num_images']} images), "
         f"checkpoint `{result['checkpoint']}`",
         "",
         "| setting | NMSE | SSIM | paper NMSE | paper SSIM | meets |",
@@ -114,7 +117,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--table-sx", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N test images")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    parser.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="test: the official test set (Table I); val: the held-out training images (model selection)",
+    )
     parser.add_argument("--no-wandb", action="store_true")
     parser.add_argument(
         "--refit-statistics",
@@ -137,9 +146,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.refit_statistics:
         refit_statistics(model, dm, args.ckpt, args.save)
     start = time.time()
-    result = measure(model, dm.test_dataloader(), args.sx, args.sp, args.table_sx, args.seed, args.limit)
+    loader = dm.test_dataloader() if args.split == "test" else dm.val_dataloader()
+    result = measure(model, loader, args.sx, args.sp, args.table_sx, args.seed, args.limit)
     result.update(
         checkpoint=str(args.ckpt),
+        split=args.split,
         table_sx=args.table_sx,
         seed=args.seed,
         seconds=round(time.time() - start, 1),

@@ -408,6 +408,13 @@ def test_table_and_bench_scripts_on_tiny_inputs(fashion_mnist_dir, tmp_path, cap
         refit["transform"], model.transform
     )
     assert {"statistic", "pvalue"} <= set(saved["ambiguation"]["16"]["ks_values"])
+    # model selection on the held-out training images, not the test set
+    val = sca_table.main(
+        ["--ckpt", str(ckpt), "--data-dir", str(fashion_mnist_dir), "--out", str(tmp_path / "val")]
+        + ["--val-size", "32", "--split", "val", "--sx", "16", "--sp", "8", "--no-wandb"]
+    )
+    assert val["split"] == "val" and val["num_images"] == 32
+    assert "Fashion-MNIST val (32 images)" in (tmp_path / "val" / "table.md").read_text()
     bench = bench_sca.main(
         ["--num-codes", "3000", "--num-queries", "50", "--chunk", "1000", "--out", str(tmp_path / "b")]
     )
