@@ -9,6 +9,14 @@ Logging defaults to wandb, offline unless wandb is configured on this machine (`
 API key from ``wandb login``); offline runs are uploaded later with ``wandb sync <run dir>``.
 Checkpointing keeps ``last.ckpt`` and the best checkpoint by ``checkpoint.monitor`` (set per config);
 ``checkpoint.every_n_train_steps`` makes ``last.ckpt`` follow mid-epoch progress, which resumes exactly.
+
+``--ckpt_path`` (resume, fine-tune, test): the checkpoint's model hyperparameters fill in every model argument
+that neither a config file nor the command line sets; the ones they set win (stock Lightning 2.6 lets the
+checkpoint override them silently, Lightning-AI/pytorch-lightning#21455), and the CLI prints which
+arguments differ from the checkpoint's::
+
+    python scripts/cli.py fit --config configs/sca/fashion_mnist.yaml --ckpt_path run.ckpt \
+        --model.init_args.ssim_weight 0.5     # continues run.ckpt with the new loss weight
 """
 
 from __future__ import annotations
@@ -18,8 +26,10 @@ import os
 import sys
 from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -49,6 +59,37 @@ class PrivzooCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
+
+    def parse_arguments(self, parser, args) -> None:
+        self._cli_args = args
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """The checkpoint's hyperparameters become the model's defaults; config files and flags win.
+
+        Parses the arguments again with the checkpoint's init arguments as the defaults of ``--model``
+        (jsonargparse's priority: command line > config files > defaults).
+        """
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        hparams = dict(checkpoint.get("hyper_parameters", {}))
+        hparams.pop("_instantiator", None)
+        class_path = hparams.pop("_class_path", None)
+        if class_path is None or not hparams:  # not saved by LightningCLI: Lightning's own merge
+            return super()._parse_ckpt_path()
+        defaults = {"model": {"class_path": class_path, "init_args": hparams}}
+        self._subcommand_parsers[sub].set_defaults(defaults)
+        self.parse_arguments(self.parser, self._cli_args)
+        model = self.config[sub].get("model")
+        if getattr(model, "class_path", None) == class_path:
+            init_args = model.init_args
+            for key, old in hparams.items():
+                new = init_args.get(key, old)
+                if new != old:
+                    rank_zero_info(f"--ckpt_path {ckpt_path}: model.{key} = {new!r} (checkpoint: {old!r})")
 
 
 def trainer_defaults() -> dict:

@@ -70,6 +70,32 @@ def test_fit_and_test_with_csv_logger_keeps_last_and_best(fashion_mnist_dir, tmp
     assert sum(len(p["prediction"]) for p in predictions) == 64  # the whole test set
 
 
+def test_ckpt_path_hparams_are_defaults_that_config_and_flags_override(fashion_mnist_dir, tmp_path, caplog):
+    # stock LightningCLI lets the checkpoint's hyperparameters override the command line (lightning#21455)
+    common = ["--trainer.logger=false", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+    first = tmp_path / "first"
+    args = tiny_args(fashion_mnist_dir, *common, f"--checkpoint.dirpath={first}")
+    cli_main(["fit", *args, "--model.init_args.weight_decay=0.01"])
+    ckpt = f"--ckpt_path={first / 'last.ckpt'}"
+    # fine-tune: the flag wins over the checkpoint, the rest comes from the checkpoint
+    second = tmp_path / "second"
+    cli = cli_main(
+        ["fit", *tiny_args(fashion_mnist_dir, *common, f"--checkpoint.dirpath={second}"), ckpt]
+        + ["--model.init_args.lr=0.0005", "--trainer.max_epochs=2"]
+    )
+    assert cli.model.hparams.lr == 0.0005 and cli.model.hparams.weight_decay == 0.01
+    assert cli.trainer.current_epoch == 2  # resumed from epoch 1, not restarted
+    assert "model.lr = 0.0005 (checkpoint: 0.001)" in caplog.text
+    assert torch.load(second / "last.ckpt", weights_only=False)["hyper_parameters"]["lr"] == 0.0005
+    # without a config file, every model argument comes from the checkpoint
+    cli = cli_main(
+        ["test", "--model=models.classifier.ImageClassifier", "--data=datamodules.FashionMNISTDataModule"]
+        + [f"--data.init_args.data_dir={fashion_mnist_dir}", "--data.init_args.val_size=32"]
+        + [*common[:1], ckpt]
+    )
+    assert cli.model.hparams.weight_decay == 0.01 and cli.model.hparams.lr == 0.001
+
+
 def test_default_logger_is_offline_wandb_with_uint8_images(fashion_mnist_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cli = cli_main(["fit", *tiny_args(fashion_mnist_dir, f"--trainer.logger.init_args.save_dir={tmp_path}")])
