@@ -496,3 +496,15 @@ def test_zoo_metrics_on_tiny_fashion_mnist(fashion_mnist_dir):
     assert metrics["server_nmse_posterior_mean_sp32"] == row["posterior_mean"]["nmse"]
     with pytest.raises(ValueError, match="privacy_sp"):
         zoo_metrics(model, str(fashion_mnist_dir), sp_list=(8,))
+
+
+def test_repeated_train_sx_weighs_the_loss():
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 28, 28)
+    model = tiny_sca(code_length=32, sx=4, train_sx=[2, 4, 4, 4]).train()
+    weighted = model.training_step({"image": x}, 0)
+    parts = {}
+    for s in (2, 4):
+        model.hparams.train_sx = [s]
+        parts[s] = model.training_step({"image": x}, 0)
+    torch.testing.assert_close(weighted, (parts[2] + 3 * parts[4]) / 4)

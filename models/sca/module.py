@@ -90,7 +90,8 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         code_maps: number of code maps (1 for MNIST / Fashion-MNIST, 4 for CIFAR-10).
         code_length: ``L`` per code map (also the feature size ``N`` per map: ``W`` is square).
         sx: sparsity ``Sx`` per code map of :meth:`encode` (and of the eq. 1 fit).
-        train_sx: sparsities the training loss averages over; ``None`` = ``[sx]``.
+        train_sx: sparsities the training loss averages over; ``None`` = ``[sx]``. A repeated value
+            weighs more (``[1, 16, 16, 16]``: ``(loss_1 + 3 loss_16) / 4``) at the cost of one decoder pass.
         train_sx_samples: average over this many of ``train_sx`` drawn at random per step (``None`` = all).
         ssim_weight: weight of ``1 - SSIM`` added to the reconstruction MSE (0 = plain MSE).
         sp: ambiguation ``Sp`` per code map of the public codes (validation, predict).
@@ -466,15 +467,15 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         k = self.hparams.train_sx_samples
         if k is not None and k < len(sparsities):
             sparsities = [sparsities[i] for i in torch.randperm(len(sparsities))[:k].tolist()]
-        for s in sparsities:
+        for s in dict.fromkeys(sparsities):  # a repeated sparsity is decoded once and weighted by its count
             a = self._quantize(sparsify(coeff, s))
             x_hat = self.decoder(torch.einsum("mnl,bml->bmn", self.reconstruct, a))
             mse = F.mse_loss(x_hat, x)
             self.log(f"train/mse_sx{s}", mse.detach(), batch_size=x.shape[0])
             if self.hparams.ssim_weight:
                 mse = mse + self.hparams.ssim_weight * (1 - ssim_separable(x_hat, x))
-            losses.append(mse)
-        loss = torch.stack(losses).mean()
+            losses.append(mse * sparsities.count(s))
+        loss = torch.stack(losses).sum() / len(sparsities)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         self._epoch_features.append(f.detach())
         return loss
