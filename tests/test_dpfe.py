@@ -438,13 +438,7 @@ def test_celeba_attributes_must_match_the_set(tmp_path, monkeypatch):
         download=False,
         batch_size=8,
     )
-    trainer = L.Trainer(
-        fast_dev_run=True,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(fast_dev_run=True, default_root_dir=tmp_path)
     model = DPFE(stage="attribute", dataset="celeba", attribute_set="GA", in_chans=3, image_size=16)
     with pytest.raises(
         ValueError, match=r"\['Male', 'Young'\] but the datamodule serves \['Male', 'Smiling'\]"

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from conftest import REPO_ROOT
+from fixtures import quiet_trainer
 from scipy import stats
 
 from models.sca import (
@@ -381,11 +382,10 @@ def test_table_and_bench_scripts_on_tiny_inputs(fashion_mnist_dir, tmp_path, cap
 
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
     import bench_sca
-    import lightning as L
     import sca_table
 
     model = tiny_sca(code_length=128, sx=16)
-    trainer = L.Trainer(max_epochs=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = quiet_trainer(max_epochs=0)
     trainer.strategy.connect(model)
     ckpt = tmp_path / "tiny.ckpt"
     trainer.save_checkpoint(ckpt)

@@ -5,10 +5,10 @@ import json
 import sys
 from dataclasses import replace
 
-import lightning as L
 import pytest
 import torch
 from conftest import REPO_ROOT
+from fixtures import quiet_trainer
 
 from datamodules import FashionMNISTDataModule
 from models import zoo
@@ -25,9 +25,7 @@ from cli import cli_main  # noqa: E402
 def evaluate_accuracy(model: torch.nn.Module, data_dir: str, batch_size: int = 32) -> dict[str, float]:
     """A zoo ``evaluate`` function: test accuracy of a classifier on Fashion-MNIST in ``data_dir``."""
     dm = FashionMNISTDataModule(data_dir=data_dir, batch_size=batch_size, val_size=32)
-    trainer = L.Trainer(
-        logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu"
-    )
+    trainer = quiet_trainer(accelerator="cpu")
     return {"acc": trainer.test(model, datamodule=dm, verbose=False)[0]["test/acc"]}
 
 
