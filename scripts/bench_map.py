@@ -19,14 +19,11 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.metrics import hamming_map  # noqa: E402
+from models.metrics import hamming_map
 
 
 def numpy_map(

@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules import FashionMNISTDataModule  # noqa: E402
-from models.hashing import ADSH, DSDH  # noqa: E402
-from models.ppl import PPL  # noqa: E402
-from models.ppl.protocol import protect_uint8, scenario_codes, scenario_maps  # noqa: E402
+from datamodules import FashionMNISTDataModule
+from models.hashing import ADSH, DSDH
+from models.ppl import PPL
+from models.ppl.protocol import protect_uint8, scenario_codes, scenario_maps
 
 
 class StepTimer(L.Callback):

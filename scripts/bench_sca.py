@@ -24,16 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.sca import SupportIntersectionIndex, sparsify  # noqa: E402
+from models.sca import SupportIntersectionIndex, sparsify
 
 
 def ambiguate_gaussian(

@@ -1,114 +1,14 @@
-"""privzoo's command line: LightningCLI over every model and datamodule of the zoo.
+"""privzoo's command line from a checkout: the same as the installed ``privzoo`` console script.
 
     python scripts/cli.py fit  --config configs/<method>/<dataset>.yaml
     python scripts/cli.py test --config configs/<method>/<dataset>.yaml --ckpt_path last
-    python scripts/cli.py fit  --config ... --trainer.logger CSVLogger      # no wandb
-    python scripts/cli.py fit  --config ... --print_config                  # the resolved config
+    python scripts/cli.py fit  --config ... --print_config
 
-Logging defaults to wandb, offline unless wandb is configured on this machine (``WANDB_MODE`` set, or an
-API key from ``wandb login``); offline runs are uploaded later with ``wandb sync <run dir>``.
-Checkpointing keeps ``last.ckpt`` and the best checkpoint by ``checkpoint.monitor`` (set per config);
-``checkpoint.every_n_train_steps`` makes ``last.ckpt`` follow mid-epoch progress, which resumes exactly.
-
-``--ckpt_path`` (resume, fine-tune, test): the checkpoint's model hyperparameters fill in every model argument
-that neither a config file nor the command line sets; the ones they set win (stock Lightning 2.6 lets the
-checkpoint override them silently, Lightning-AI/pytorch-lightning#21455), and the CLI prints which
-arguments differ from the checkpoint's::
-
-    python scripts/cli.py fit --config configs/sca/fashion_mnist.yaml --ckpt_path run.ckpt \
-        --model.init_args.ssim_weight 0.5     # continues run.ckpt with the new loss weight
+See :mod:`models.cli` (LightningCLI with privzoo's checkpointing, wandb defaults and ``--ckpt_path``
+handling).
 """
 
-from __future__ import annotations
-
-import netrc
-import os
-import sys
-from pathlib import Path
-
-import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-
-def wandb_offline_default() -> bool:
-    """Whether the default WandbLogger runs offline: yes, unless the user configured wandb.
-
-    ``WANDB_MODE`` wins when set (``offline``/``dryrun`` -> offline; ``online``/``disabled`` are left to
-    wandb itself); otherwise a run goes online only when an API key is present (``WANDB_API_KEY`` or the
-    netrc entry that ``wandb login`` writes).
-    """
-    mode = os.environ.get("WANDB_MODE")
-    if mode:
-        return mode in ("offline", "dryrun")
-    if os.environ.get("WANDB_API_KEY"):
-        return False
-    try:
-        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].rstrip("/")
-        return netrc.netrc().authenticators(host) is None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return True
-
-
-class PrivzooCLI(LightningCLI):
-    """LightningCLI with privzoo's checkpointing arguments (``--checkpoint.*``)."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True})
-
-    def parse_arguments(self, parser, args) -> None:
-        self._cli_args = args
-        super().parse_arguments(parser, args)
-
-    def _parse_ckpt_path(self) -> None:
-        """The checkpoint's hyperparameters become the model's defaults; config files and flags win.
-
-        Parses the arguments again with the checkpoint's init arguments as the defaults of ``--model``
-        (jsonargparse's priority: command line > config files > defaults).
-        """
-        sub = self.config.get("subcommand")
-        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
-            return
-        checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-        hparams = dict(checkpoint.get("hyper_parameters", {}))
-        hparams.pop("_instantiator", None)
-        class_path = hparams.pop("_class_path", None)
-        if class_path is None or not hparams:  # not saved by LightningCLI: Lightning's own merge
-            return super()._parse_ckpt_path()
-        defaults = {"model": {"class_path": class_path, "init_args": hparams}}
-        self._subcommand_parsers[sub].set_defaults(defaults)
-        self.parse_arguments(self.parser, self._cli_args)
-        model = self.config[sub].get("model")
-        if getattr(model, "class_path", None) == class_path:
-            init_args = model.init_args
-            for key, old in hparams.items():
-                new = init_args.get(key, old)
-                if new != old:
-                    rank_zero_info(f"--ckpt_path {ckpt_path}: model.{key} = {new!r} (checkpoint: {old!r})")
-
-
-def trainer_defaults() -> dict:
-    return {
-        "logger": {
-            "class_path": "lightning.pytorch.loggers.WandbLogger",
-            "init_args": {"project": "privzoo", "save_dir": "logs", "offline": wandb_offline_default()},
-        },
-    }
-
-
-def cli_main(args: list[str] | None = None, run: bool = True) -> PrivzooCLI:
-    return PrivzooCLI(
-        trainer_defaults=trainer_defaults(),
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
-
+from models.cli import main
 
 if __name__ == "__main__":
-    cli_main()
+    main()

@@ -28,10 +28,8 @@ from typing import Any
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from models.hub import CARD_NAME, CONFIG_NAME, LIGHTNING_PRIVATE_KEYS, WEIGHTS_NAME  # noqa: E402
-from models.zoo import resolve_class  # noqa: E402
+from models.hub import CARD_NAME, CONFIG_NAME, LIGHTNING_PRIVATE_KEYS, WEIGHTS_NAME
+from models.zoo import resolve_class
 
 GIT_SIZE_LIMIT = 20 * 2**20  # the zoo ships folders in git: keep each under 20 MB
 

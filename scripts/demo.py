@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models import zoo  # noqa: E402
-from models.cards import read_card_metrics  # noqa: E402
+from models import zoo
+from models.cards import read_card_metrics
 
 
 def _fmt(value: float | None) -> str:

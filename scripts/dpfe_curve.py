@@ -23,13 +23,12 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from callbacks.dpfe import plot_accuracy_privacy
+from datamodules import FashionMNISTDataModule
+from models.dpfe import DPFE, PAPER_RATIOS, feature_covariance
+from models.dpfe.curve import accuracy_privacy_curve, collect_features, compare_curves, z_accuracy
 
-from callbacks.dpfe import plot_accuracy_privacy  # noqa: E402
-from datamodules import FashionMNISTDataModule  # noqa: E402
-from models.dpfe import DPFE, PAPER_RATIOS, feature_covariance  # noqa: E402
-from models.dpfe.curve import accuracy_privacy_curve, collect_features, compare_curves, z_accuracy  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 STAGES = (
     ("attribute", "configs/dpfe/fashion_mnist_attribute.yaml"),

@@ -7,15 +7,11 @@ print the file size and the mean CPU latency per image.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.dpfe import DPFE  # noqa: E402
-from models.dpfe.onnx_export import export_feature_extractor, onnx_latency, onnx_parity  # noqa: E402
+from models.dpfe import DPFE
+from models.dpfe.onnx_export import export_feature_extractor, onnx_latency, onnx_parity
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

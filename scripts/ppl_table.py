@@ -25,17 +25,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.ppl import PPL  # noqa: E402
-from models.ppl.protocol import (  # noqa: E402
+from models.cli import cli_main
+from models.ppl import PPL
+from models.ppl.protocol import (
     SCENARIOS,
     image_quality,
     protect_uint8,
     scenario_codes,
     scenario_maps,
 )
-from scripts.cli import cli_main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,10 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from models import zoo  # noqa: E402
-from models.hub import PICKLE_SUFFIXES, HubLoadError, PickleWeightsError  # noqa: E402
+from models import zoo
+from models.hub import PICKLE_SUFFIXES, HubLoadError, PickleWeightsError
 
 
 @dataclass

@@ -22,15 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules import FashionMNISTDataModule  # noqa: E402
-from models.sca import SCA, SERVER_ATTACKS  # noqa: E402
-from models.sca.evaluation import (  # noqa: E402, F401 (PAPER_* re-exported for callers of the script)
+from datamodules import FashionMNISTDataModule
+from models.sca import SCA, SERVER_ATTACKS
+from models.sca.evaluation import (  # noqa: F401 (PAPER_* re-exported for callers of the script)
     PAPER_ATTACKS,
     PAPER_AUTH,
     PAPER_SERVER,

@@ -12,7 +12,7 @@ import torch
 from conftest import REPO_ROOT, TESTS_DIR
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from cli import cli_main, wandb_offline_default  # noqa: E402
+from models.cli import cli_main, wandb_offline_default
 
 CONFIG = str(REPO_ROOT / "configs" / "classifier" / "fashion_mnist.yaml")
 
@@ -170,3 +170,18 @@ def test_sigkill_mid_epoch_then_resume_from_last_matches_uninterrupted_run(fashi
     assert got["global_step"] == expected["global_step"] == 6
     for name, tensor in expected["state_dict"].items():
         assert torch.equal(tensor, got["state_dict"][name]), name
+
+
+def test_privzoo_console_script_is_the_same_cli():
+    from importlib.metadata import entry_points
+
+    import models.cli
+
+    (entry,) = entry_points(group="console_scripts", name="privzoo")
+    assert entry.load() is models.cli.main
+    for command in (
+        [sys.executable, str(REPO_ROOT / "scripts" / "cli.py")],
+        [sys.executable, "-m", "models.cli"],
+    ):
+        done = subprocess.run([*command, "fit", "--help"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "--checkpoint.every_n_train_steps" in done.stdout, done.stderr[-2000:]

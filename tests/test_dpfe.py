@@ -31,7 +31,7 @@ from models.dpfe import (
 from models.dpfe.curve import accuracy_privacy_curve, collect_features, compare_curves, pareto_mask
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from cli import cli_main  # noqa: E402
+from models.cli import cli_main
 
 CONFIGS = REPO_ROOT / "configs" / "dpfe"
 

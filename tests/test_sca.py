@@ -327,7 +327,7 @@ def test_cli_fit_test_and_plots_on_tiny_fashion_mnist(fashion_mnist_dir, tmp_pat
     import sys
 
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    from cli import cli_main
+    from models.cli import cli_main
 
     args = [
         f"--config={CONFIG}",

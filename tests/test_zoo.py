@@ -19,7 +19,8 @@ from models.hub import ConfigError, MissingFileError, PickleWeightsError
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import convert_checkpoint  # noqa: E402
 import publish  # noqa: E402
-from cli import cli_main  # noqa: E402
+
+from models.cli import cli_main
 
 
 def evaluate_accuracy(model: torch.nn.Module, data_dir: str, batch_size: int = 32) -> dict[str, float]:
