@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
 
 __all__ = [
     "CARD_CONTEXT_KEYS",
@@ -42,11 +42,10 @@ __all__ = [
     "update_card_metrics",
 ]
 
-CARD_NAME = "README.md"
-WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = constants.REPOCARD_NAME  # "README.md"
+WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE  # "model.safetensors"
 METRICS_START = "<!-- privzoo:metrics:start -->"
 METRICS_END = "<!-- privzoo:metrics:end -->"
-LICENSE = "apache-2.0"
 
 GENERIC_THREAT_MODEL = (
     "The privacy this model offers is **empirical**: it was measured against the attackers, data and "
@@ -67,7 +66,7 @@ DATASETS: dict[str, tuple[str, str | None]] = {
 #: keys accepted in ``save_pretrained(..., model_card_kwargs={...})``
 CARD_CONTEXT_KEYS = {
     "name": "zoo name of the checkpoint (title and loading example), e.g. 'ppl-fashion-mnist-16bit'",
-    "repo_id": "Hub repo id (default 'privzoo/<name>')",
+    "repo_id": "Hub repo id (models.hub fills in 'privzoo/<name>' when only the name is given)",
     "dataset": "display name of the training dataset, e.g. 'Fashion-MNIST'",
     "dataset_id": "Hub dataset id for the front matter, e.g. 'zalando-datasets/fashion_mnist'",
     "datamodule": "{'class_path': ..., 'init_args': {...}} of the datamodule the weights were trained with",
@@ -215,22 +214,22 @@ def render_card(
         if DATASETS[dm_name][1]:
             context.setdefault("dataset_id", DATASETS[dm_name][1])
     name = context.get("name")
-    repo_id = context.get("repo_id") or (f"privzoo/{name}" if name else None)
+    repo_id = context.get("repo_id")
     method = getattr(cls, "card_method", None) or _first_doc_line(cls)
     paper = getattr(cls, "card_paper", None)
-    mixin_info = getattr(cls, "_hub_mixin_info", None)  # huggingface_hub class kwargs (paper_url=...)
-    paper_url = getattr(cls, "card_paper_url", None) or getattr(mixin_info, "paper_url", None)
+    # huggingface_hub class keywords (library_name, license, tags, repo_url, paper_url), set in models.hub
+    mixin_info = cls._hub_mixin_info
+    mixin_data = mixin_info.model_card_data
+    paper_url = getattr(cls, "card_paper_url", None) or mixin_info.paper_url
     task = getattr(cls, "card_task", None) or "image-feature-extraction"
     threat = getattr(cls, "card_threat_model", None) or GENERIC_THREAT_MODEL
     tags = sorted(
-        set(getattr(cls, "card_tags", ()) or ())
-        | set(getattr(mixin_info, "model_card_data", ModelCardData()).tags or [])
-        | {"privzoo", "pytorch"}
+        set(getattr(cls, "card_tags", ()) or ()) | set(mixin_data.tags or []) | {"privzoo", "pytorch"}
     )
 
     data = ModelCardData(
-        library_name="privzoo",
-        license=LICENSE,
+        library_name=mixin_data.library_name,
+        license=mixin_data.license,
         tags=tags,
         pipeline_tag=task,
         datasets=[context["dataset_id"]] if context.get("dataset_id") else None,
@@ -257,7 +256,7 @@ def render_card(
     sections = [
         f"# {name or cls.__name__}",
         f"- **Method**: {method}\n- **Paper**: {paper_line}\n- **Class**: `{_class_path(cls)}` "
-        f"([privzoo](https://github.com/privzoo/privzoo))"
+        f"([{mixin_data.library_name}]({mixin_info.repo_url}))"
         + (f"\n- **Hub repo**: `{repo_id}`" if repo_id else "")
         + f"\n- **Weights**: `{WEIGHTS_NAME}` (safetensors, sha256 `{weights_sha256}`)"
         + (f"\n- **Weights source**: {context['source']}" if context.get("source") else ""),

@@ -14,19 +14,22 @@ A method opts in by putting :class:`PrivzooHubMixin` FIRST among its bases and c
     model.save_pretrained("checkpoints/ppl-fashion-mnist-16bit", model_card_kwargs={"name": ...})
     model = PPL.from_pretrained("checkpoints/ppl-fashion-mnist-16bit")   # or "privzoo/ppl-fashion-..."
 
-What it adds to huggingface_hub's :class:`~huggingface_hub.PyTorchModelHubMixin`:
+The mixin is huggingface_hub's :class:`~huggingface_hub.PyTorchModelHubMixin` used at its extension points
+(``_save_pretrained``, ``_from_pretrained``, ``generate_model_card``); file handling is
+``safetensors.torch.save_model`` / ``load_model`` (shared tensors stored once) and huggingface_hub's
+downloads. What privzoo adds, and nothing else:
 
-* ``config.json`` is the model's Lightning ``hparams`` (its init arguments, Lightning-CLI bookkeeping keys
-  dropped), checked to be JSON that rebuilds the model; after loading, ``model.hparams == config.json``.
-* weights go to ``model.safetensors`` only, never pickle; tied parameters are stored once, non-persistent
-  buffers not at all (they are rebuilt by ``__init__``); the header carries a sha256 of the tensor data.
-* ``from_pretrained`` loads STRICTLY (the base class defaults to ``strict=False``), returns the model in
-  eval mode on ``map_location`` (default CPU), and checks everything before returning: files present,
-  valid JSON, config keys against ``__init__``, safetensors header readable, every key / shape / dtype
-  against the rebuilt model, the data checksum. Pickle weights (``pytorch_model.bin``) are refused.
-  Errors are :class:`HubLoadError` subclasses that name the file and the fix.
-* ``save_pretrained`` writes a privzoo model card (:mod:`models.cards`), always fresh: new weights
-  mean the old card's metrics no longer apply.
+* **hparams as config**: ``config.json`` is the model's Lightning ``hparams`` (its init arguments,
+  LightningCLI bookkeeping keys dropped), checked to be JSON that rebuilds the model.
+* **strict loading by default**, every key / shape / dtype checked against the model rebuilt from
+  ``config.json`` before any tensor is copied; eval mode on ``map_location`` (default CPU).
+* **pickle refusal**: ``pytorch_model.bin`` and other pickle weights are never loaded.
+* **the checksum**: the safetensors header carries a sha256 of the model's tensors; a mismatch is an error,
+  and so is a file without it unless ``allow_unchecked=True`` (third-party files).
+* **typed errors** (:class:`HubLoadError` subclasses) that name the file and the fix.
+* **the card** (:mod:`models.cards`), always fresh: new weights mean the old card's metrics no longer apply.
+
+The Hub organisation, library name, license and file names are defined here, once.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import hashlib
 import inspect
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -48,13 +52,18 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 
 from models import cards
 
 __all__ = [
+    "CARD_NAME",
     "CONFIG_NAME",
-    "PICKLE_NAMES",
+    "HUB_ORG",
+    "LIBRARY_NAME",
+    "LICENSE",
+    "PICKLE_SUFFIXES",
+    "REPO_URL",
     "WEIGHTS_NAME",
     "ConfigError",
     "CorruptFileError",
@@ -62,16 +71,21 @@ __all__ = [
     "MissingFileError",
     "PickleWeightsError",
     "PrivzooHubMixin",
+    "UncheckedWeightsError",
     "WeightsMismatchError",
     "check_folder",
+    "hub_repo_id",
     "tensor_digest",
 ]
 
+HUB_ORG = "privzoo"
+LIBRARY_NAME = "privzoo"
+LICENSE = "apache-2.0"
+REPO_URL = "https://github.com/privzoo/privzoo"
 CONFIG_NAME = constants.CONFIG_NAME  # "config.json"
 WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE  # "model.safetensors"
-CARD_NAME = "README.md"
+CARD_NAME = constants.REPOCARD_NAME  # "README.md"
 #: weight files in pickle formats: refused (unpickling runs arbitrary code)
-PICKLE_NAMES = (constants.PYTORCH_WEIGHTS_NAME, "model.ckpt", "model.pt", "model.pth", "pytorch_model.pt")
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
 #: keys LightningCLI adds to ``hparams`` that are not init arguments
 LIGHTNING_PRIVATE_KEYS = ("_instantiator", "_class_path")
@@ -92,6 +106,11 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+def hub_repo_id(name: str) -> str:
+    """The Hub repo of a zoo checkpoint name: ``privzoo/<name>``."""
+    return f"{HUB_ORG}/{name}"
+
+
 class HubLoadError(Exception):
     """Base of the errors raised while loading a checkpoint folder / Hub repo (nothing is returned)."""
 
@@ -102,6 +121,10 @@ class MissingFileError(HubLoadError, FileNotFoundError):
 
 class CorruptFileError(HubLoadError, ValueError):
     """A file exists but cannot be read: invalid JSON, truncated safetensors, checksum mismatch."""
+
+
+class UncheckedWeightsError(CorruptFileError):
+    """``model.safetensors`` carries no privzoo checksum (a third-party or stripped file)."""
 
 
 class PickleWeightsError(HubLoadError, ValueError):
@@ -116,39 +139,8 @@ class WeightsMismatchError(HubLoadError, ValueError):
     """The weights do not fit the model rebuilt from the config (missing / unexpected keys, shapes)."""
 
 
-# ----------------------------------------------------------------------------------------------------
-# tensors
-# ----------------------------------------------------------------------------------------------------
-def _alias_groups(state: Mapping[str, torch.Tensor]) -> list[list[str]]:
-    """Groups state-dict names that are the SAME tensor (tied weights), in state-dict order.
-
-    Raises:
-        ValueError: two entries share memory without being the same view (safetensors cannot store that).
-    """
-    by_storage: dict[tuple, list[str]] = {}
-    singles: list[list[str]] = []
-    for name, t in state.items():
-        if t.device.type == "meta" or t.numel() == 0:
-            singles.append([name])
-            continue
-        by_storage.setdefault((t.device, t.untyped_storage().data_ptr()), []).append(name)
-    groups = singles + list(by_storage.values())
-    for names in groups:
-        views = {
-            (state[n].storage_offset(), tuple(state[n].shape), tuple(state[n].stride()), state[n].dtype)
-            for n in names
-        }
-        if len(views) > 1:
-            raise ValueError(
-                f"state-dict entries {names} share memory but are different views of it; safetensors cannot "
-                "store that: clone one of them in __init__, or register it as a non-persistent buffer"
-            )
-    order = {name: i for i, name in enumerate(state)}
-    return sorted(groups, key=lambda g: order[g[0]])
-
-
 def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and raw bytes of CPU tensors, in sorted name order."""
+    """sha256 over names, dtypes, shapes and raw bytes of the tensors (on the CPU), in sorted name order."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
@@ -174,16 +166,18 @@ def _safetensors_header(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...
         ) from err
 
 
+def _shared_names(state: Mapping[str, torch.Tensor]) -> dict[str, set[str]]:
+    """Each state-dict name -> the names of the same tensor (tied weights), itself included."""
+    by_storage: dict[tuple, set[str]] = {}
+    for name, t in state.items():
+        if t.device.type != "meta" and t.numel():
+            by_storage.setdefault((t.device, t.untyped_storage().data_ptr()), set()).add(name)
+    return {name: group for group in by_storage.values() for name in group}
+
+
 def _listing(items: list[str], limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
-
-
-# ----------------------------------------------------------------------------------------------------
-# folder checks (also used by scripts/publish.py)
-# ----------------------------------------------------------------------------------------------------
-def _pickle_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(PICKLE_SUFFIXES))
 
 
 def check_folder(folder: str | os.PathLike) -> tuple[Path, Path]:
@@ -198,7 +192,7 @@ def check_folder(folder: str | os.PathLike) -> tuple[Path, Path]:
         raise MissingFileError(f"checkpoint folder {folder} does not exist (or is not a folder)")
     config, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not weights.is_file():
-        pickles = _pickle_files(folder)
+        pickles = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(PICKLE_SUFFIXES))
         if pickles:
             raise PickleWeightsError(
                 f"{folder} has pickle weights ({', '.join(pickles)}) but no {WEIGHTS_NAME}: privzoo refuses "
@@ -216,8 +210,7 @@ def check_folder(folder: str | os.PathLike) -> tuple[Path, Path]:
 
 def _read_config(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
-        config = json.loads(text)
+        config = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
         raise CorruptFileError(
             f"{path} is not UTF-8 text ({err}); download it again or {FIX_REEXPORT}"
@@ -239,15 +232,16 @@ def _is_path_like(name: str) -> bool:
     return os.path.exists(name) or name.startswith((".", "/", "~")) or "\\" in name or name.count("/") != 1
 
 
-# ----------------------------------------------------------------------------------------------------
-# the mixin
-# ----------------------------------------------------------------------------------------------------
+def _atomic_replace(tmp: Path, final: Path) -> None:
+    os.replace(tmp, final)  # same folder: atomic, a reader never sees a half-written file
+
+
 class PrivzooHubMixin(
     PyTorchModelHubMixin,
-    library_name="privzoo",
-    license="apache-2.0",
+    library_name=LIBRARY_NAME,
+    license=LICENSE,
     tags=["privzoo", "privacy"],
-    repo_url="https://github.com/privzoo/privzoo",
+    repo_url=REPO_URL,
 ):
     """Save / load a LightningModule in Hub layout (see the module docstring). Put it FIRST in the bases.
 
@@ -273,16 +267,15 @@ class PrivzooHubMixin(
     card_tags: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------------------------------------
-    # config
+    # config: the hparams
     # ------------------------------------------------------------------------------------------------
     @classmethod
     def _init_parameters(cls) -> tuple[dict[str, inspect.Parameter], bool]:
-        params = dict(inspect.signature(cls.__init__).parameters)
-        params.pop("self", None)
+        params = cls._hub_mixin_init_parameters  # huggingface_hub's signature of __init__, with self
         has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         named = {
             k: p
-            for k, p in params.items()
+            for k, p in list(params.items())[1:]
             if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
         }
         return named, has_var_kw
@@ -333,6 +326,7 @@ class PrivzooHubMixin(
     def _config_to_kwargs(
         cls, config: dict[str, Any], overrides: dict[str, Any], path: str
     ) -> dict[str, Any]:
+        """Init arguments from ``config`` + ``overrides``, checked against ``__init__`` (``ConfigError``)."""
         params, has_var_kw = cls._init_parameters()
         config = {k: v for k, v in config.items() if k not in LIGHTNING_PRIVATE_KEYS}
         if not has_var_kw:
@@ -359,43 +353,27 @@ class PrivzooHubMixin(
         return kwargs
 
     # ------------------------------------------------------------------------------------------------
-    # saving
+    # saving: huggingface_hub's save_pretrained, our _save_pretrained and card
     # ------------------------------------------------------------------------------------------------
-    def _save_pretrained(self, save_directory: Path) -> None:
-        """Writes ``model.safetensors`` (tied tensors once, CPU, contiguous, data checksum in the header).
-
-        The same weights always give the same bytes.
-        """
-        state = self.state_dict()
-        tensors = {
-            group[0]: state[group[0]].detach().to("cpu").contiguous() for group in _alias_groups(state)
-        }
-        tmp = save_directory / (WEIGHTS_NAME + ".tmp")
-        # ONE metadata entry: safetensors writes its metadata map in an unspecified order, so with two
-        # entries saving the same weights twice could give different bytes (and noisy git diffs)
-        save_file(tensors, str(tmp), metadata={DIGEST_KEY: tensor_digest(tensors)})
-        os.replace(tmp, save_directory / WEIGHTS_NAME)
-
     def save_pretrained(
         self,
         save_directory: str | Path,
         *,
         config: dict | None = None,
-        repo_id: str | None = None,
-        push_to_hub: bool = False,
         model_card_kwargs: dict[str, Any] | None = None,
-        **push_to_hub_kwargs: Any,
+        **kwargs: Any,
     ) -> str | None:
-        """Writes ``config.json``, ``model.safetensors`` and a fresh model card ``README.md``.
+        """huggingface_hub's ``save_pretrained``, after checking the config and card context.
+
+        Nothing is written (and nothing already in ``save_directory`` is touched) when the hparams cannot
+        rebuild the model or the card context has unknown keys.
 
         Args:
-            save_directory: the folder (created if needed); existing files of these three names are replaced.
-            config: must equal :meth:`hub_config` if given (kept for huggingface_hub compatibility).
-            repo_id: Hub repo for ``push_to_hub`` (default: the folder name).
-            push_to_hub: also upload the folder (see :meth:`push_to_hub`).
-            model_card_kwargs: training context for the card, keys in :data:`models.cards.CARD_CONTEXT_KEYS`
-                (``name``, ``dataset``, ``datamodule``, ``split``, ``training_config``, ``source``, ...).
-            push_to_hub_kwargs: passed to :meth:`push_to_hub`.
+            save_directory: the folder (created if needed); ``config.json``, ``model.safetensors`` and
+                ``README.md`` in it are replaced.
+            config: must equal :meth:`hub_config` if given (config.json is written from the hparams).
+            model_card_kwargs: training context for the card, keys in :data:`models.cards.CARD_CONTEXT_KEYS`.
+            kwargs: ``repo_id``, ``push_to_hub`` and push options, as in huggingface_hub.
 
         Returns:
             The commit URL when ``push_to_hub``, else ``None``.
@@ -406,58 +384,56 @@ class PrivzooHubMixin(
                 "config differs from the model's hparams; privzoo writes config.json from hparams only "
                 "(omit config=)"
             )
-        card_context = cards.check_context(model_card_kwargs)  # before anything is written
-        save_directory = Path(save_directory)
-        save_directory.mkdir(parents=True, exist_ok=True)
-        self._save_pretrained(save_directory)
+        context = cards.check_context(model_card_kwargs)
+        return super().save_pretrained(save_directory, model_card_kwargs=context, **kwargs)
+
+    def _save_weights(self, path: Path) -> None:
+        """``model.safetensors`` (shared tensors once, CPU, contiguous, checksum of the state dict)."""
+        tmp = path.with_name(path.name + ".tmp")
+        # ONE metadata entry: safetensors writes its metadata map in an unspecified order, so with two
+        # entries saving the same weights twice could give different bytes (and noisy git diffs)
+        save_model(self, str(tmp), metadata={DIGEST_KEY: tensor_digest(self.state_dict())})
+        _atomic_replace(tmp, path)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """huggingface_hub's extension point: weights, ``config.json`` from the hparams; drops a stale card.
+
+        The card is then written fresh by ``save_pretrained`` through :meth:`generate_model_card`.
+        """
+        self._save_weights(save_directory / WEIGHTS_NAME)
         tmp = save_directory / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(own, sort_keys=True, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, save_directory / CONFIG_NAME)
-        card = cards.render_card(
-            type(self), own, cards.file_sha256(save_directory / WEIGHTS_NAME), card_context
-        )
-        card.save(save_directory / CARD_NAME)
-        if push_to_hub:
-            return self.push_to_hub(
-                repo_id or save_directory.name, model_card_kwargs=card_context, **push_to_hub_kwargs
-            )
-        return None
+        tmp.write_text(json.dumps(self.hub_config(), sort_keys=True, indent=2) + "\n", encoding="utf-8")
+        _atomic_replace(tmp, save_directory / CONFIG_NAME)
+        (save_directory / CARD_NAME).unlink(missing_ok=True)  # old metrics describe old weights
+        self._card_weights = save_directory / WEIGHTS_NAME
 
     def generate_model_card(self, *args: Any, **kwargs: Any):
-        """The privzoo card for the current weights (no metrics yet); ``kwargs``: card context keys."""
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            self._save_pretrained(Path(tmp))
-            sha = cards.file_sha256(Path(tmp) / WEIGHTS_NAME)
-        return cards.render_card(type(self), self.hub_config(), sha, kwargs)
+        """The privzoo card of the current weights (no metrics yet); ``kwargs``: card context keys."""
+        context = cards.check_context(kwargs)
+        if context.get("name") and not context.get("repo_id"):
+            context["repo_id"] = hub_repo_id(context["name"])
+        weights = self.__dict__.pop("_card_weights", None)  # just written by _save_pretrained
+        if weights is not None:
+            sha = cards.file_sha256(weights)
+        else:  # a card for weights not saved yet: the bytes they would have (saving is deterministic)
+            with tempfile.TemporaryDirectory() as tmp:
+                self._save_weights(Path(tmp) / WEIGHTS_NAME)
+                sha = cards.file_sha256(Path(tmp) / WEIGHTS_NAME)
+        return cards.render_card(type(self), self.hub_config(), sha, context)
 
     # ------------------------------------------------------------------------------------------------
-    # loading
+    # loading: resolve + check the folder, then huggingface_hub's from_pretrained -> our _from_pretrained
     # ------------------------------------------------------------------------------------------------
     @classmethod
-    def _download(
-        cls,
-        repo_id: str,
-        *,
-        revision: str | None,
-        cache_dir: str | Path | None,
-        force_download: bool,
-        token: str | bool | None,
-        local_files_only: bool,
-    ) -> Path:
+    def _download(cls, repo_id: str, **hub_kwargs: Any) -> Path:
         """Downloads ``config.json`` + ``model.safetensors`` (+ card) of one revision; returns the folder."""
         from huggingface_hub import file_exists, snapshot_download
 
         try:
-            folder = snapshot_download(
-                repo_id,
-                revision=revision,
-                cache_dir=cache_dir,
-                force_download=force_download,
-                token=token,
-                local_files_only=local_files_only,
-                allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
+            folder = Path(
+                snapshot_download(
+                    repo_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME], **hub_kwargs
+                )
             )
         except RepositoryNotFoundError as err:
             raise MissingFileError(
@@ -465,7 +441,9 @@ class PrivzooHubMixin(
                 "(models.zoo.available() lists the zoo) or log in with `hf auth login`"
             ) from err
         except RevisionNotFoundError as err:
-            raise MissingFileError(f"Hub repo {repo_id!r} has no revision {revision!r}") from err
+            raise MissingFileError(
+                f"Hub repo {repo_id!r} has no revision {hub_kwargs.get('revision')!r}"
+            ) from err
         except LocalEntryNotFoundError as err:
             raise MissingFileError(
                 f"{repo_id!r} is neither a local folder nor in the Hugging Face cache, and the Hub is not "
@@ -476,10 +454,14 @@ class PrivzooHubMixin(
             raise MissingFileError(
                 f"could not download {repo_id!r} from {constants.ENDPOINT}: {err}"
             ) from err
-        folder = Path(folder)
         if not (folder / WEIGHTS_NAME).is_file():
             try:
-                pickled = file_exists(repo_id, constants.PYTORCH_WEIGHTS_NAME, revision=revision, token=token)
+                pickled = file_exists(
+                    repo_id,
+                    constants.PYTORCH_WEIGHTS_NAME,
+                    revision=hub_kwargs.get("revision"),
+                    token=hub_kwargs.get("token"),
+                )
             except Exception:  # offline or a network error: we only wanted a better message
                 pickled = False
             if pickled:
@@ -504,6 +486,7 @@ class PrivzooHubMixin(
         *,
         map_location: str | torch.device = "cpu",
         strict: bool = True,
+        allow_unchecked: bool = False,
         force_download: bool = False,
         token: str | bool | None = None,
         cache_dir: str | Path | None = None,
@@ -513,25 +496,25 @@ class PrivzooHubMixin(
     ):
         """Rebuilds the model from a checkpoint folder or a Hub repo id and loads its weights strictly.
 
-        Everything is checked before the model is returned (files, JSON, config keys, every weight's name,
-        shape and dtype, the data checksum); on any problem an error is raised and no model comes back.
+        The source is resolved to a local folder first (a Hub repo is downloaded), its files and config are
+        checked, then huggingface_hub's ``from_pretrained`` builds the model through :meth:`_from_pretrained`.
+        On any problem an error is raised and no model comes back.
 
         Args:
             pretrained_model_name_or_path: a local folder, or a Hub repo id such as ``"privzoo/<name>"``.
             map_location: device the returned model is moved to (default ``"cpu"``).
             strict: ``False`` tolerates missing / unexpected keys (shapes and dtypes are still checked).
-            force_download: re-download even if cached.
-            token: Hub token (default: the usual huggingface_hub places).
-            cache_dir: Hugging Face cache folder.
-            local_files_only: use the cache only.
-            revision: branch, tag or commit of the Hub repo.
+            allow_unchecked: load a ``model.safetensors`` that carries no privzoo checksum (third-party
+                files); its content cannot be verified.
+            force_download, token, cache_dir, local_files_only, revision: Hub download options.
             model_kwargs: init arguments overriding config.json.
 
         Returns:
             The model, in eval mode on ``map_location``.
 
         Raises:
-            MissingFileError, PickleWeightsError, CorruptFileError, ConfigError, WeightsMismatchError.
+            MissingFileError, PickleWeightsError, CorruptFileError (UncheckedWeightsError), ConfigError,
+            WeightsMismatchError.
         """
         name = str(pretrained_model_name_or_path)
         if os.path.isdir(name):
@@ -549,30 +532,55 @@ class PrivzooHubMixin(
                 token=token,
                 local_files_only=local_files_only,
             )
-        config_path, weights_path = check_folder(folder)
-        kwargs = cls._config_to_kwargs(_read_config(config_path), model_kwargs, str(config_path))
+        config_path, _ = check_folder(folder)
+        cls._config_to_kwargs(_read_config(config_path), model_kwargs, str(config_path))
+        return super().from_pretrained(
+            folder,
+            map_location=map_location,
+            strict=strict,
+            allow_unchecked=allow_unchecked,
+            **model_kwargs,
+        )
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        map_location: str | torch.device = "cpu",
+        strict: bool = True,
+        allow_unchecked: bool = False,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        **model_kwargs: Any,
+    ):
+        """huggingface_hub's extension point: build, check, load ``model.safetensors`` of a local folder."""
+        weights_path = Path(model_id) / WEIGHTS_NAME
         header, metadata = _safetensors_header(weights_path)
+        stored = metadata.get(DIGEST_KEY)
+        if stored is None and not allow_unchecked:
+            raise UncheckedWeightsError(
+                f"{weights_path} carries no privzoo checksum ({DIGEST_KEY!r} in its header), so its content "
+                "cannot be verified: it was not written by privzoo, or the checksum was stripped. Pass "
+                f"allow_unchecked=True to load a third-party file you trust, or {FIX_REEXPORT}."
+            )
         with torch.device("cpu"):
-            model = cls(**kwargs)
+            model = cls(**model_kwargs)
         # data-sized ("lazy") buffers, e.g. a hashing model's database codes, take the file's shapes;
         # every other tensor is checked against the model built from config.json
         for name in getattr(model, "_lazy_buffers", ()):
-            if name in header and hasattr(model, "_resize_lazy"):
-                dtype = _SAFETENSORS_DTYPES.get(header[name][0])
-                if dtype is not None:
-                    model._resize_lazy(name, header[name][1], dtype)
+            if name in header and header[name][0] in _SAFETENSORS_DTYPES:
+                model._resize_lazy(name, header[name][1], _SAFETENSORS_DTYPES[header[name][0]])
         cls._check_weights(model, header, weights_path, strict)
-        tensors = load_file(str(weights_path), device="cpu")
-        stored = metadata.get(DIGEST_KEY)
-        if stored is not None and tensor_digest(tensors) != stored:
+        load_model(model, weights_path, strict=strict)
+        if stored is not None and tensor_digest(model.state_dict()) != stored:
             raise CorruptFileError(
                 f"the tensor data in {weights_path} does not match the checksum in its header: the file was "
                 f"modified or damaged after it was saved. Download it again or {FIX_REEXPORT}."
             )
-        missing, unexpected = model.load_state_dict(tensors, strict=False)
-        tied = {n for g in _alias_groups(model.state_dict()) if len(g) > 1 for n in g}
-        if strict and (set(missing) - tied or unexpected):  # _check_weights makes this unreachable
-            raise WeightsMismatchError(f"{weights_path}: missing {missing}, unexpected {unexpected}")
         model.eval()
         return model.to(map_location)
 
@@ -580,9 +588,10 @@ class PrivzooHubMixin(
     def _check_weights(
         cls, model: Any, header: dict[str, tuple[str, tuple[int, ...]]], path: Path, strict: bool
     ) -> None:
+        """Every name / shape / dtype of the file against the model, before any tensor is copied."""
         state = model.state_dict()
-        groups = _alias_groups(state)
-        missing = [g[0] if len(g) == 1 else "=".join(g) for g in groups if not any(n in header for n in g)]
+        shared = _shared_names(state)
+        missing = sorted(k for k in state if not any(n in header for n in shared.get(k, {k})))
         unexpected = sorted(set(header) - set(state))
         wrong = []
         for key, (dtype, shape) in header.items():

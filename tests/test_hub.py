@@ -22,6 +22,7 @@ from models.hub import (
     MissingFileError,
     PickleWeightsError,
     PrivzooHubMixin,
+    UncheckedWeightsError,
     WeightsMismatchError,
 )
 
@@ -260,27 +261,42 @@ def _rewrite_weights(folder, change):
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 
-def test_missing_and_unexpected_keys_are_errors_unless_strict_false(saved, monkeypatch):
+def test_missing_and_unexpected_keys_are_errors_unless_strict_false(saved):
     model, folder = saved
-    _rewrite_weights(folder, lambda t: t.pop("head.bias"))
+    load = ImageClassifier.from_pretrained
+    _rewrite_weights(folder, lambda t: t.pop("head.bias"))  # a third-party file: no privzoo checksum
     with pytest.raises(WeightsMismatchError, match=r"1 missing key\(s\) \(head\.bias\)"):
-        ImageClassifier.from_pretrained(folder)
-    loose = ImageClassifier.from_pretrained(folder, strict=False)
+        load(folder, allow_unchecked=True)
+    loose = load(folder, strict=False, allow_unchecked=True)
     assert torch.equal(loose.head.weight, model.head.weight)
 
     _rewrite_weights(
         folder, lambda t: t.update({"head.bias": model.head.bias.detach(), "extra.w": torch.ones(2)})
     )
     with pytest.raises(WeightsMismatchError, match=r"unexpected key\(s\) \(extra\.w\)"):
-        ImageClassifier.from_pretrained(folder)
-    assert torch.equal(ImageClassifier.from_pretrained(folder, strict=False).head.bias, model.head.bias)
+        load(folder, allow_unchecked=True)
+    assert torch.equal(load(folder, strict=False, allow_unchecked=True).head.bias, model.head.bias)
 
     _rewrite_weights(folder, lambda t: t.update({"head.bias": t["head.bias"].double()}))
     with pytest.raises(WeightsMismatchError, match="dtype F64"):
-        ImageClassifier.from_pretrained(folder, strict=False)
+        load(folder, strict=False, allow_unchecked=True)
 
 
-def test_tampered_weights_file(saved, no_load):
+def test_weights_without_the_checksum_are_refused_unless_allowed(saved, no_load):
+    model, folder = saved
+    _rewrite_weights(folder, lambda t: None)  # same tensors, checksum metadata stripped
+    with pytest.raises(UncheckedWeightsError, match=r"no privzoo checksum.*allow_unchecked=True"):
+        ImageClassifier.from_pretrained(folder)
+    assert issubclass(UncheckedWeightsError, CorruptFileError)
+
+
+def test_third_party_weights_load_when_allowed(saved):
+    model, folder = saved
+    _rewrite_weights(folder, lambda t: None)
+    assert_same_state(model, ImageClassifier.from_pretrained(folder, allow_unchecked=True))
+
+
+def test_tampered_weights_file(saved):
     _, folder = saved
     path = folder / "model.safetensors"
     data = bytearray(path.read_bytes())
@@ -299,7 +315,7 @@ def test_tampered_weights_file(saved, no_load):
     flipped[-3] ^= 0x40  # one bit in the tensor data: the header is intact
     path.write_bytes(bytes(flipped))
     with pytest.raises(CorruptFileError, match="does not match the checksum"):
-        ImageClassifier.from_pretrained(folder)
+        ImageClassifier.from_pretrained(folder)  # the freshly built model that failed it is discarded
 
 
 def test_hub_id_that_is_not_cached_offline(tmp_path):
@@ -363,7 +379,7 @@ def test_update_card_metrics_writes_table_and_model_index(saved):
     # new weights: the card's metrics no longer apply
     with torch.no_grad():
         model.head.bias += 1
-    model._save_pretrained(folder)  # weights replaced behind the card's back
+    model._save_weights(folder / "model.safetensors")  # weights replaced behind the card's back
     with pytest.raises(StaleCardError, match="weights changed"):
         update_card_metrics(folder, {"test/acc": 0.9}, source="s")
     model.save_pretrained(folder)  # a proper save writes a fresh card
