@@ -1,45 +1,39 @@
-"""The privzoo model zoo: a declarative table of pretrained checkpoints and one-line loading.
+"""The privzoo model zoo: the registry of pretrained checkpoints and one-line loading.
 
     >>> import models.zoo
     >>> models.zoo.available()                      # names of the shipped checkpoints
     >>> model = models.zoo.load("ppl-fashion-mnist-16bit")   # eval mode, CPU
 
-Each entry maps a name to its class, its Hub repo ``privzoo/<name>`` and its folder
+Each method declares its checkpoints next to its code (``models/<method>/pretrained.py``, a tuple ``ZOO``
+of :class:`models.pretrained.ZooEntry`); this module only collects them (it imports the methods, never the
+reverse). Each entry maps a name to its class, its Hub repo ``privzoo/<name>`` and its folder
 ``checkpoints/<name>/`` in this repository (Hub layout: ``config.json``, ``model.safetensors``,
 ``README.md``). :func:`load` uses the folder first, so loading works offline; the Hub repo is the fallback
 when the folder is not there (e.g. an installed package without the checkpoints).
 
-Shipping a checkpoint = convert it into ``checkpoints/<name>/`` and add one :class:`ZooEntry` to
-``_ENTRIES`` below::
+Shipping a checkpoint = convert it into ``checkpoints/<name>/`` and add its ``ZooEntry`` to the method's
+``pretrained.py``::
 
     python scripts/convert_checkpoint.py runs/ppl/last.ckpt checkpoints/ppl-fashion-mnist-16bit \\
         --config runs/ppl/config.yaml
-
-    ZooEntry(
-        name="ppl-fashion-mnist-16bit",
-        class_path="models.ppl.PPL",
-        dataset="Fashion-MNIST",
-        evaluate="models.ppl.evaluate.zoo_metrics",   # fn(model, data_dir: str) -> dict[str, float]
-        utility="map_cc",                               # keys of what evaluate returns
-        privacy="map_ac",
-        paper={"map_cc": 0.0, "map_ac": 0.0},           # the paper's numbers (with paper_ref)
-        paper_ref="PPL paper, Table N, Fashion-MNIST, 16 bits",
-    ),
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import torch
 
-from models.hub import HubLoadError, PrivzooHubMixin, check_folder
+from models.cards import update_card_metrics
+from models.dpfe import pretrained as _dpfe
+from models.hub import HUB_ORG, HubLoadError, PrivzooHubMixin, check_folder
+from models.ppl import pretrained as _ppl
+from models.pretrained import ZooEntry
+from models.sca import pretrained as _sca
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -49,9 +43,9 @@ __all__ = [
     "ZooEntry",
     "available",
     "evaluate",
+    "folder",
     "get_entry",
     "load",
-    "resolve_callable",
     "resolve_class",
     "zoo_entries",
 ]
@@ -61,7 +55,6 @@ __all__ = [
 CHECKPOINTS_DIR = Path(
     os.environ.get("PRIVZOO_CHECKPOINTS") or Path(__file__).resolve().parents[1] / "checkpoints"
 )
-HUB_ORG = "privzoo"
 
 
 class UnknownCheckpointError(KeyError):
@@ -71,142 +64,19 @@ class UnknownCheckpointError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-@dataclass(frozen=True)
-class ZooEntry:
-    """One pretrained checkpoint of the zoo.
-
-    Args:
-        name: checkpoint name, ``<method>-<dataset>[-<variant>]``; also the folder and Hub repo name.
-        class_path: dotted path of its :class:`models.hub.PrivzooHubMixin` class, e.g. ``"models.ppl.PPL"``.
-        dataset: display name of the dataset it was trained and is evaluated on.
-        evaluate: dotted path of ``fn(model, data_dir: str, **evaluate_kwargs) -> dict[str, float]``, the
-            evaluation the demo runs (and whose numbers go into the card); ``None`` = not evaluated.
-        utility: key of the utility metric in ``evaluate``'s result (higher = better unless stated).
-        privacy: key of the privacy metric in ``evaluate``'s result.
-        paper: the paper's values of those metrics, for the demo table (metric key -> value).
-        paper_ref: where ``paper`` comes from (paper, table, setting).
-        evaluate_kwargs: extra keyword arguments of ``evaluate``.
-        description: one line for listings.
-        repo_id: Hub repo (default ``privzoo/<name>``).
-    """
-
-    name: str
-    class_path: str
-    dataset: str
-    evaluate: str | None = None
-    utility: str | None = None
-    privacy: str | None = None
-    paper: Mapping[str, float | None] = field(default_factory=dict)
-    paper_ref: str = ""
-    evaluate_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    description: str = ""
-    repo_id: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.name or "/" in self.name or self.name != self.name.strip():
-            raise ValueError(
-                f"zoo entry name {self.name!r} must be a plain folder name, e.g. 'ppl-fashion-mnist'"
-            )
-        if not self.repo_id:
-            object.__setattr__(self, "repo_id", f"{HUB_ORG}/{self.name}")
-        for key in (self.utility, self.privacy):
-            if key is not None and self.paper and key not in self.paper:
-                raise ValueError(f"zoo entry {self.name!r}: paper has no value for metric {key!r}")
-        object.__setattr__(self, "paper", MappingProxyType(dict(self.paper)))
-        object.__setattr__(self, "evaluate_kwargs", MappingProxyType(dict(self.evaluate_kwargs)))
-
-    @property
-    def folder(self) -> Path:
-        """``checkpoints/<name>/`` (looked up in :data:`CHECKPOINTS_DIR` at call time)."""
-        return CHECKPOINTS_DIR / self.name
-
-    def model_class(self) -> type[PrivzooHubMixin]:
-        """The class, imported from :attr:`class_path`."""
-        return resolve_class(self.class_path)
-
-    def evaluate_fn(self) -> Callable[..., dict[str, float]]:
-        """``evaluate`` imported, with ``evaluate_kwargs`` bound: ``fn(model, data_dir) -> dict``."""
-        if self.evaluate is None:
-            raise ValueError(f"zoo entry {self.name!r} has no evaluate function")
-        fn = resolve_callable(self.evaluate)
-        kwargs = dict(self.evaluate_kwargs)
-
-        def evaluate(model: torch.nn.Module, data_dir: str) -> dict[str, float]:
-            return fn(model, data_dir, **kwargs)
-
-        evaluate.__name__ = self.evaluate.rpartition(".")[2]
-        evaluate.__doc__ = fn.__doc__
-        return evaluate
-
-
 # ----------------------------------------------------------------------------------------------------
-# the table: one ZooEntry per shipped checkpoint (see the module docstring for an example)
+# the table: each method declares its entries in models/<method>/pretrained.py; the registry collects them
 # ----------------------------------------------------------------------------------------------------
-_ENTRIES: tuple[ZooEntry, ...] = (
-    ZooEntry(
-        name="ppl-fashion-mnist-16bit",
-        class_path="models.ppl.PPL",
-        dataset="Fashion-MNIST",
-        evaluate="models.ppl.protocol.ppl_metrics",
-        evaluate_kwargs={"victims": ("adsh-fashion-mnist-16bit",)},
-        utility="ssim",
-        privacy="adsh_map_ca",
-        paper={"ssim": None, "adsh_map_ca": 0.3853},
-        paper_ref="PPL Table 1, Fashion-MNIST, 16 bits, clean-trained ADSH, C->A",
-        description="PPL generator + surrogate (l_inf epsilon 0.3), 16-bit codes",
-    ),
-    ZooEntry(
-        name="adsh-fashion-mnist-16bit",
-        class_path="models.hashing.ADSH",
-        dataset="Fashion-MNIST",
-        evaluate="models.ppl.protocol.victim_metrics",
-        utility="map_cc",
-        privacy=None,
-        paper={"map_cc": 0.9007},
-        paper_ref="PPL Table 1, Fashion-MNIST, 16 bits, clean-trained ADSH, C->C",
-        description="ADSH victim retrieval model trained on clean images (PPL's evaluation)",
-    ),
-    ZooEntry(
-        name="sca-fashion-mnist-sx16",
-        class_path="models.sca.SCA",
-        dataset="Fashion-MNIST",
-        evaluate="models.sca.evaluation.zoo_metrics",
-        utility="ssim_sx16",
-        privacy="server_nmse_sp32",
-        paper={"ssim_sx16": 0.8242, "nmse_sx16": 0.2236, "server_nmse_sp32": 0.4026},
-        paper_ref=(
-            "SCA Table I, Fashion-MNIST: authorized SSIM at Sx=16, Sp=0; curious-server NMSE at Sx=16, "
-            "Sp=32 (strongest of the paper's as_is / top_sx attacks; higher = more private)"
-        ),
-        description="SCA conv autoencoder + sparse codes with ambiguation, L=128, one model for Sx<=16",
-    ),
-    ZooEntry(
-        name="dpfe-fashion-mnist",
-        class_path="models.dpfe.DPFE",
-        dataset="Fashion-MNIST",
-        evaluate="models.dpfe.evaluate.zoo_metrics",
-        utility="z_acc",
-        privacy="lrp",
-        paper={"z_acc": None, "lrp": None},
-        paper_ref="DPFE (Osia et al.): no Fashion-MNIST numbers in the paper (CelebA curves only)",
-        description="DPFE private-feature extractor (d = 10, attribute set FU, y = class), r = 0",
-    ),
-    ZooEntry(
-        name="dpfe-fashion-mnist-simple",
-        class_path="models.dpfe.DPFE",
-        dataset="Fashion-MNIST",
-        evaluate="models.dpfe.evaluate.zoo_metrics",
-        utility="z_acc",
-        privacy="lrp",
-        paper={"z_acc": None, "lrp": None},
-        paper_ref="DPFE (Osia et al.): no Fashion-MNIST numbers in the paper (CelebA curves only)",
-        description="DPFE's Simple baseline (AE bottleneck, no y-remover; d = 10, attribute set FU), r = 0",
-    ),
-)
+_ENTRIES: tuple[ZooEntry, ...] = (*_ppl.ZOO, *_sca.ZOO, *_dpfe.ZOO)
 
 REGISTRY: dict[str, ZooEntry] = {entry.name: entry for entry in _ENTRIES}
 if len(REGISTRY) != len(_ENTRIES):
-    raise ValueError("duplicate names in models.zoo._ENTRIES")
+    raise ValueError("duplicate names among the methods' zoo entries (models/<method>/pretrained.py)")
+
+
+def folder(name: str) -> Path:
+    """``checkpoints/<name>/`` (looked up in :data:`CHECKPOINTS_DIR` at call time)."""
+    return CHECKPOINTS_DIR / name
 
 
 def available() -> list[str]:
@@ -229,11 +99,11 @@ def get_entry(name: str) -> ZooEntry:
         return REGISTRY[name]
     except (KeyError, TypeError):
         names = available()
-        listing = ", ".join(names) if names else "none yet: the zoo table models.zoo._ENTRIES is empty"
+        listing = ", ".join(names) if names else "none yet: no method declares a checkpoint"
         raise UnknownCheckpointError(f"unknown checkpoint {name!r}; available: {listing}") from None
 
 
-def resolve_callable(path: str) -> Any:
+def _import(path: str) -> Any:
     """Imports ``"package.module.attribute"`` (or ``"package.module:attribute"``).
 
     Raises:
@@ -259,7 +129,7 @@ def resolve_class(class_path: str) -> type[PrivzooHubMixin]:
         ImportError: not importable.
         TypeError: not a :class:`models.hub.PrivzooHubMixin` subclass.
     """
-    cls = resolve_callable(class_path)
+    cls = _import(class_path)
     if not (isinstance(cls, type) and issubclass(cls, PrivzooHubMixin)):
         raise TypeError(
             f"{class_path} is not a PrivzooHubMixin model class: add models.hub.PrivzooHubMixin as its "
@@ -299,11 +169,11 @@ def load(
     if source not in ("auto", "local", "hub"):
         raise ValueError(f"source must be 'auto', 'local' or 'hub', got {source!r}")
     entry = get_entry(name)
-    cls = entry.model_class()
-    folder = entry.folder
-    if source == "local" or (source == "auto" and folder.exists()):
-        check_folder(folder)  # a clear error if the shipped folder is incomplete; never a silent Hub fallback
-        return cls.from_pretrained(folder, map_location=map_location, **kwargs)
+    cls = entry.model_class
+    local = folder(name)
+    if source == "local" or (source == "auto" and local.exists()):
+        check_folder(local)  # a clear error if the shipped folder is incomplete; never a silent Hub fallback
+        return cls.from_pretrained(local, map_location=map_location, **kwargs)
     try:
         return cls.from_pretrained(
             entry.repo_id, map_location=map_location, revision=revision, cache_dir=cache_dir, **kwargs
@@ -311,7 +181,7 @@ def load(
     except HubLoadError as err:
         if source == "hub":
             raise
-        raise type(err)(f"checkpoint {name!r}: {folder} does not exist, and from the Hub: {err}") from err
+        raise type(err)(f"checkpoint {name!r}: {local} does not exist, and from the Hub: {err}") from err
 
 
 def evaluate(
@@ -324,10 +194,13 @@ def evaluate(
 ) -> dict[str, float]:
     """Loads a zoo checkpoint and runs its ``evaluate`` entry; optionally records the numbers in its card.
 
+    The registry builds what the evaluation receives: the model, the entry's datamodule on ``data_dir``
+    (not set up; ``download=False``) and, when the entry names victims, ``victims={name: model}``.
+
     Args:
         name: a name from :func:`available`.
-        data_dir: the dataset root passed to the evaluate function.
-        map_location: device of the model.
+        data_dir: the dataset root of the entry's datamodule.
+        map_location: device of the model (and of the victims).
         write_card: ``None`` = leave the card alone; else the source to record (e.g. ``"scripts/demo.py"``):
             the metrics go into ``checkpoints/<name>/README.md`` via :func:`models.cards.update_card_metrics`.
         split: the split the evaluate function measures, for the card.
@@ -339,16 +212,21 @@ def evaluate(
         UnknownCheckpointError, models.hub.HubLoadError, ValueError (no evaluate entry, non-numeric values).
     """
     entry = get_entry(name)
-    fn = entry.evaluate_fn()
+    if entry.evaluate is None:
+        raise ValueError(f"zoo entry {name!r} has no evaluate function")
     model = load(name, map_location=map_location)
-    metrics = fn(model, str(data_dir))  # no inference_mode here: an attack may need gradients
+    datamodule = entry.datamodule(data_dir=str(data_dir), download=False)
+    kwargs = dict(entry.evaluate_kwargs)
+    if entry.victims:
+        kwargs["victims"] = {v: load(v, map_location=map_location) for v in entry.victims}
+    metrics = entry.evaluate(
+        model, datamodule, **kwargs
+    )  # no inference_mode here: an attack may need gradients
     if not isinstance(metrics, Mapping):
-        raise ValueError(f"{entry.evaluate} returned {type(metrics).__name__}, expected dict[str, float]")
+        raise ValueError(f"{name}'s evaluate returned {type(metrics).__name__}, expected dict[str, float]")
     missing = [k for k in (entry.utility, entry.privacy) if k is not None and k not in metrics]
     if missing:
-        raise ValueError(f"{entry.evaluate} returned {sorted(metrics)}, not the entry's metric(s) {missing}")
+        raise ValueError(f"{name}'s evaluate returned {sorted(metrics)}, not the entry's metric(s) {missing}")
     if write_card is not None:
-        from models.cards import update_card_metrics
-
-        update_card_metrics(entry.folder, metrics, source=write_card, split=split, dataset=entry.dataset)
+        update_card_metrics(folder(name), metrics, source=write_card, split=split, dataset=entry.dataset)
     return {k: float(v) for k, v in metrics.items()}

@@ -211,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"warning: {out} is {total / 2**20:.1f} MB, over the 20 MB the zoo ships in git", file=sys.stderr
         )
-    print(f"converted {args.ckpt} -> {out} (loads back identically); next: add a ZooEntry in models/zoo.py")
+    print(
+        f"converted {args.ckpt} -> {out} (loads back identically); "
+        "next: add its ZooEntry to models/<method>/pretrained.py"
+    )
     return 0
 
 

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in tqdm(names, desc="checkpoints", unit="ckpt"):
         entry = zoo.get_entry(name)
         recorded = {
-            m["name"]: m["value"] for m in read_card_metrics(entry.folder) if m.get("split") == "test"
+            m["name"]: m["value"] for m in read_card_metrics(zoo.folder(name)) if m.get("split") == "test"
         }
         t0 = time.perf_counter()
         metrics = zoo.evaluate(

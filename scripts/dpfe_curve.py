@@ -25,17 +25,19 @@ import torch
 
 from callbacks.dpfe import plot_accuracy_privacy
 from datamodules import FashionMNISTDataModule
-from models.dpfe import DPFE, PAPER_RATIOS, feature_covariance
+from models.dpfe import DPFE, PAPER_RATIOS, STAGES, feature_covariance
 from models.dpfe.curve import accuracy_privacy_curve, collect_features, compare_curves, z_accuracy
+from models.dpfe.evaluate import PRIVACY_MEASURES
 
 REPO = Path(__file__).resolve().parents[1]
 
-STAGES = (
-    ("attribute", "configs/dpfe/fashion_mnist_attribute.yaml"),
-    ("simple", "configs/dpfe/fashion_mnist_simple.yaml"),
-    ("dpfe", "configs/dpfe/fashion_mnist.yaml"),
-)
-MEASURES = ("lrp", "nn_error", "rank_mean", "rank_std")
+#: Procedure 1's stages (models.dpfe.STAGES, in order) -> their Fashion-MNIST configs
+STAGE_CONFIGS = {
+    "attribute": "configs/dpfe/fashion_mnist_attribute.yaml",
+    "simple": "configs/dpfe/fashion_mnist_simple.yaml",
+    "dpfe": "configs/dpfe/fashion_mnist.yaml",
+}
+assert tuple(STAGE_CONFIGS) == STAGES
 
 
 def train_stages(
@@ -44,7 +46,7 @@ def train_stages(
     """Runs Procedure 1's three stages through ``scripts/cli.py fit``; returns each stage's last.ckpt."""
     ckpts: dict[str, Path] = {}
     previous: Path | None = None
-    for stage, config in STAGES:
+    for stage, config in STAGE_CONFIGS.items():
         ckpt_dir = out_dir / stage
         cmd = [
             sys.executable,
@@ -105,7 +107,7 @@ def log_wandb(out_dir: Path, curves: dict[str, list[dict]], pictures: dict[str, 
     import wandb
 
     run = wandb.init(project="privzoo", name="dpfe-curve", dir=str(out_dir), config=summary, job_type="eval")
-    columns = ["model", "r", "z_acc", *MEASURES]
+    columns = ["model", "r", "z_acc", *PRIVACY_MEASURES]
     table = wandb.Table(
         columns=columns,
         data=[[n, *(row[c] for c in columns[1:])] for n, rows in curves.items() for row in rows],
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     pictures = {}
     from PIL import Image
 
-    for measure in MEASURES:
+    for measure in PRIVACY_MEASURES:
         pictures[measure] = out / f"curve_{measure}.png"
         Image.fromarray(plot_accuracy_privacy(curves, measure)).save(pictures[measure])
     if not args.no_wandb:

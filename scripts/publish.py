@@ -6,7 +6,7 @@
 
 The token comes from the usual huggingface_hub places (``HF_TOKEN``, ``hf auth login``) or ``--token``.
 Before anything is uploaded, every folder is loaded with ``from_pretrained`` (strict) and checked for pickle
-files; a folder in ``checkpoints/`` without an entry in ``models/zoo.py`` is an error.
+files; a folder in ``checkpoints/`` without a zoo entry (``models/<method>/pretrained.py``) is an error.
 """
 
 from __future__ import annotations
@@ -56,12 +56,12 @@ def plan(only: list[str] | None = None, verify: bool = True) -> list[Upload]:
             )
             if orphans:
                 raise ValueError(
-                    f"{zoo.CHECKPOINTS_DIR} has folder(s) {orphans} without a zoo entry: add a ZooEntry in "
-                    "models/zoo.py or remove them"
+                    f"{zoo.CHECKPOINTS_DIR} has folder(s) {orphans} without a zoo entry: add a ZooEntry to "
+                    "the method's models/<method>/pretrained.py or remove them"
                 )
     uploads = []
     for entry in entries:
-        folder = entry.folder
+        folder = zoo.folder(entry.name)
         if not folder.is_dir():
             raise HubLoadError(f"{entry.name}: {folder} does not exist; convert the checkpoint into it first")
         files = sorted(
@@ -75,7 +75,7 @@ def plan(only: list[str] | None = None, verify: bool = True) -> list[Upload]:
                 f"{folder} holds pickle file(s) {pickles}: the zoo publishes safetensors only; delete them"
             )
         if verify:
-            entry.model_class().from_pretrained(folder)
+            entry.model_class.from_pretrained(folder)
         uploads.append(Upload(entry.name, entry.repo_id, folder, files))
     return uploads
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if not uploads:
-        print("nothing to publish: the zoo table (models/zoo.py) has no entries")
+        print("nothing to publish: no method declares a zoo entry (models/<method>/pretrained.py)")
         return 0
     publish(uploads, args.dry_run, token=args.token, private=args.private, message=args.message)
     return 0

@@ -13,7 +13,7 @@ without looking at the test set.
 
 Normalised MSE is ``||x - x_hat||^2 / ||x||^2`` averaged over images (``nmse``; ``nmse_global`` divides the
 sums), SSIM is torchmetrics' (11x11 Gaussian window, data range 1). The measurement lives in
-:mod:`models.sca.evaluation` (shared with the zoo's ``zoo_metrics``). Writes ``table.json``, ``table.md``
+:mod:`models.sca.evaluate` (shared with the zoo's ``zoo_metrics``). Writes ``table.json``, ``table.md``
 and an offline wandb run with the table (``WANDB_MODE`` respected).
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from datamodules import FashionMNISTDataModule
 from models.sca import SCA, SERVER_ATTACKS
-from models.sca.evaluation import (  # noqa: F401 (PAPER_* re-exported for callers of the script)
+from models.sca.evaluate import (  # noqa: F401 (PAPER_* re-exported for callers of the script)
     PAPER_ATTACKS,
     PAPER_AUTH,
     PAPER_SERVER,

@@ -17,6 +17,7 @@ import torch  # noqa: E402
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 sys.path.insert(0, str(TESTS_DIR))  # tests/fixtures.py and test helpers
+sys.path.insert(1, str(REPO_ROOT / "scripts"))  # the scripts, imported by file name (import demo, ...)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,7 +11,6 @@ import pytest
 import torch
 from conftest import REPO_ROOT, TESTS_DIR
 
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from models.cli import cli_main, wandb_offline_default
 
 CONFIG = str(REPO_ROOT / "configs" / "classifier" / "fashion_mnist.yaml")

@@ -2,7 +2,6 @@
 Procedure 1 through the CLI (Fashion-MNIST and CelebA fixtures), the curve, ONNX parity, bad input."""
 
 import math
-import sys
 
 import lightning as L
 import numpy as np
@@ -14,6 +13,7 @@ from torch import nn
 
 from callbacks.dpfe import plot_accuracy_privacy
 from datamodules import FashionMNISTDataModule
+from models.cli import cli_main
 from models.dpfe import (
     DPFE,
     IdentityPrivacy,
@@ -29,9 +29,6 @@ from models.dpfe import (
     y_remover_loss,
 )
 from models.dpfe.curve import accuracy_privacy_curve, collect_features, compare_curves, pareto_mask
-
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from models.cli import cli_main
 
 CONFIGS = REPO_ROOT / "configs" / "dpfe"
 
@@ -503,21 +500,24 @@ def test_trained_model_round_trips_in_hub_layout(fashion_mnist_dir, tmp_path):
     assert "**empirical**, not a formal guarantee" in card
 
     # the zoo evaluation on the fixture's 64 test images: the same numbers for the saved and the loaded model
-    metrics = zoo_metrics(loaded, str(fashion_mnist_dir), val_size=32)
+    def data():
+        return FashionMNISTDataModule(data_dir=str(fashion_mnist_dir), batch_size=1000, val_size=32)
+
+    metrics = zoo_metrics(loaded, data())
     assert set(metrics) == set(MEASURES)
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
-    assert metrics == zoo_metrics(model, str(fashion_mnist_dir), val_size=32)
+    assert metrics == zoo_metrics(model, data())
     # it is Procedure 2 (models.dpfe.curve) at r = 0; other ratios add "<measure>_r<r>" keys
-    dm = FashionMNISTDataModule(data_dir=str(fashion_mnist_dir), batch_size=1000, val_size=32)
+    dm = data()
     dm.setup()
     f, z, y = collect_features(loaded, dm.test_dataloader())
     (row,) = accuracy_privacy_curve(loaded, f, z, y, feature_covariance(f), [0.0], 10)
     assert metrics == pytest.approx({m: row[m] for m in MEASURES}, abs=1e-12)
-    noisy = zoo_metrics(loaded, str(fashion_mnist_dir), ratios=(0.0, 1.0), val_size=32, train_samples=64)
+    noisy = zoo_metrics(loaded, data(), ratios=(0.0, 1.0), train_samples=64)
     assert set(noisy) == set(MEASURES) | {f"{m}_r1" for m in MEASURES}
     assert {m: noisy[m] for m in MEASURES} == metrics and noisy["z_acc_r1"] <= 1.0
     with pytest.raises(ValueError, match="ratios is empty"):
-        zoo_metrics(loaded, str(fashion_mnist_dir), ratios=(), val_size=32)
+        zoo_metrics(loaded, data(), ratios=())
 
     # fine-tuning a loaded model keeps its weights: init_from (here a missing file) and the PCA are not re-run
     tuned = DPFE.from_pretrained(folder, init_from=str(tmp_path / "missing.ckpt"), lr=0.0)

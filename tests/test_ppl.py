@@ -356,9 +356,7 @@ def test_fit_validate_on_tiny_fashion_mnist(fashion_mnist_dir):
 
 
 def test_fashion_mnist_config_trains_through_the_cli(fashion_mnist_dir, tmp_path):
-    import sys
 
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
     from models.cli import cli_main
 
     cli = cli_main(

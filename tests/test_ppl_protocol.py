@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from conftest import REPO_ROOT
 
 from models.ppl.protocol import (
     SCENARIOS,
@@ -87,10 +86,7 @@ def test_image_quality_matches_the_definitions():
 
 
 def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, monkeypatch):
-    import sys
-
-    sys.path.insert(0, str(REPO_ROOT))
-    from scripts import ppl_table
+    import ppl_table
 
     monkeypatch.chdir(tmp_path)
     data = [

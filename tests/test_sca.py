@@ -298,7 +298,7 @@ def test_fitted_state_lives_in_static_buffers_and_reloads():
     state = model.state_dict()
     assert names <= set(state)
     feats = correlated_features(500, 32, seed=3)[:, None, :]
-    model.fit_transform(feats)
+    model.refit(feats)
     assert int(model.refits) == 1 and not torch.equal(model.transform[0], torch.eye(32))
     fresh = SCA(**model.hparams)
     assert {k: v.shape for k, v in fresh.state_dict().items()} == {
@@ -324,9 +324,7 @@ def test_other_dataset_shapes_cifar_and_celeba():
 
 
 def test_cli_fit_test_and_plots_on_tiny_fashion_mnist(fashion_mnist_dir, tmp_path):
-    import sys
 
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
     from models.cli import cli_main
 
     args = [
@@ -378,9 +376,7 @@ def test_tsne_plot_is_uint8():
 
 def test_table_and_bench_scripts_on_tiny_inputs(fashion_mnist_dir, tmp_path, capsys):
     import json
-    import sys
 
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
     import bench_sca
     import sca_table
 
@@ -440,7 +436,7 @@ def _trained_tiny_sca():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    model.fit_transform(torch.cat(model._epoch_features))
+    model.refit(torch.cat(model._epoch_features))
     model._epoch_features = []
     return model.eval()
 
@@ -475,19 +471,23 @@ def test_hub_roundtrip_of_a_trained_model(tmp_path):
 
 def test_zoo_metrics_on_tiny_fashion_mnist(fashion_mnist_dir):
     from datamodules import FashionMNISTDataModule
-    from models.sca.evaluation import measure, zoo_metrics
+    from models.sca.evaluate import measure, zoo_metrics
 
     model = tiny_sca(code_length=64, sx=16)
-    metrics = zoo_metrics(model, str(fashion_mnist_dir), sp_list=(8, 32), batch_size=32, val_size=32)
+
+    def data():
+        return FashionMNISTDataModule(
+            data_dir=str(fashion_mnist_dir), eval_batch_size=32, download=False, val_size=32
+        )
+
+    metrics = zoo_metrics(model, data(), sp_list=(8, 32))
     expected = {"ssim_sx16", "nmse_sx16", "num_images"} | {
         f"server_nmse{a}_sp{sp}" for a in ("", "_posterior_mean") for sp in (8, 32)
     }
     assert set(metrics) == expected and metrics["num_images"] == 64
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
     # the same numbers as the full Table I measurement (scripts/sca_table.py) with the same seed
-    dm = FashionMNISTDataModule(
-        data_dir=str(fashion_mnist_dir), eval_batch_size=32, download=False, val_size=32
-    )
+    dm = data()
     dm.setup("test")
     full = measure(model, dm.test_dataloader(), [16], [8, 32], 16, 0)
     assert metrics["ssim_sx16"] == full["authorized"][16]["ssim"]
@@ -495,7 +495,7 @@ def test_zoo_metrics_on_tiny_fashion_mnist(fashion_mnist_dir):
     assert metrics["server_nmse_sp32"] == min(row["as_is"]["nmse"], row["top_sx"]["nmse"])
     assert metrics["server_nmse_posterior_mean_sp32"] == row["posterior_mean"]["nmse"]
     with pytest.raises(ValueError, match="privacy_sp"):
-        zoo_metrics(model, str(fashion_mnist_dir), sp_list=(8,))
+        zoo_metrics(model, data(), sp_list=(8,))
 
 
 def test_repeated_train_sx_weighs_the_loss():

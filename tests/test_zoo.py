@@ -2,40 +2,38 @@
 scripts/publish.py (dry run and a fake Hub API)."""
 
 import json
-import sys
 from dataclasses import replace
+from functools import partial
 
+import convert_checkpoint
+import publish
 import pytest
 import torch
 from conftest import REPO_ROOT
 from fixtures import quiet_trainer
+from huggingface_hub import ModelCard
 
 from datamodules import FashionMNISTDataModule
 from models import zoo
 from models.cards import read_card_metrics, update_card_metrics
 from models.classifier import ImageClassifier
+from models.cli import cli_main
 from models.hub import ConfigError, MissingFileError, PickleWeightsError
 
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-import convert_checkpoint  # noqa: E402
-import publish  # noqa: E402
 
-from models.cli import cli_main
-
-
-def evaluate_accuracy(model: torch.nn.Module, data_dir: str, batch_size: int = 32) -> dict[str, float]:
-    """A zoo ``evaluate`` function: test accuracy of a classifier on Fashion-MNIST in ``data_dir``."""
-    dm = FashionMNISTDataModule(data_dir=data_dir, batch_size=batch_size, val_size=32)
-    trainer = quiet_trainer(accelerator="cpu")
-    return {"acc": trainer.test(model, datamodule=dm, verbose=False)[0]["test/acc"]}
+def evaluate_accuracy(model: torch.nn.Module, datamodule, limit: int = 4) -> dict[str, float]:
+    """A zoo ``evaluate`` function: test accuracy of a classifier on its datamodule's test set."""
+    trainer = quiet_trainer(accelerator="cpu", limit_test_batches=limit)
+    return {"acc": trainer.test(model, datamodule=datamodule, verbose=False)[0]["test/acc"]}
 
 
 TINY = zoo.ZooEntry(
     name="clf-tiny",
-    class_path="models.classifier.ImageClassifier",
+    model_class=ImageClassifier,
     dataset="Fashion-MNIST",
-    evaluate="test_zoo.evaluate_accuracy",
-    evaluate_kwargs={"batch_size": 16},
+    datamodule=partial(FashionMNISTDataModule, batch_size=16, val_size=32),
+    evaluate=evaluate_accuracy,
+    evaluate_kwargs={"limit": 8},
     utility="acc",
     privacy="acc",
     paper={"acc": 0.9},
@@ -50,18 +48,21 @@ def tiny_zoo(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "REGISTRY", {TINY.name: TINY})
     torch.manual_seed(0)
     model = ImageClassifier(num_classes=10, in_chans=1)
-    model.save_pretrained(TINY.folder, model_card_kwargs={"name": TINY.name, "dataset": TINY.dataset})
+    model.save_pretrained(
+        zoo.folder(TINY.name), model_card_kwargs={"name": TINY.name, "dataset": TINY.dataset}
+    )
     return model
 
 
 def test_available_and_load_from_the_shipped_folder_offline(tiny_zoo):
     assert zoo.available() == ["clf-tiny"] and zoo.zoo_entries() == [TINY]
-    assert TINY.repo_id == "privzoo/clf-tiny" and TINY.folder == zoo.CHECKPOINTS_DIR / "clf-tiny"
+    assert TINY.repo_id == "privzoo/clf-tiny" and zoo.folder(TINY.name) == zoo.CHECKPOINTS_DIR / "clf-tiny"
     model = zoo.load("clf-tiny")
     assert isinstance(model, ImageClassifier) and not model.training
     for key, value in tiny_zoo.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
-    assert zoo.load("clf-tiny", source="local") is not None
+    local = zoo.load("clf-tiny", source="local")
+    assert isinstance(local, ImageClassifier) and torch.equal(local.head.weight, tiny_zoo.head.weight)
 
 
 def test_unknown_name_lists_the_available_ones(tiny_zoo, monkeypatch):
@@ -77,15 +78,15 @@ def test_unknown_name_lists_the_available_ones(tiny_zoo, monkeypatch):
 
 
 def test_broken_shipped_folder_is_an_error_not_a_silent_hub_fallback(tiny_zoo):
-    (TINY.folder / "config.json").unlink()
+    (zoo.folder(TINY.name) / "config.json").unlink()
     with pytest.raises(MissingFileError, match=r"clf-tiny/config\.json does not exist"):
         zoo.load("clf-tiny")
 
 
 def test_without_a_folder_the_hub_is_tried_and_offline_says_so(tiny_zoo, tmp_path):
-    for path in TINY.folder.iterdir():
+    for path in zoo.folder(TINY.name).iterdir():
         path.unlink()
-    TINY.folder.rmdir()
+    zoo.folder(TINY.name).rmdir()
     with pytest.raises(
         MissingFileError, match=r"clf-tiny.*does not exist, and from the Hub: 'privzoo/clf-tiny'"
     ):
@@ -95,17 +96,17 @@ def test_without_a_folder_the_hub_is_tried_and_offline_says_so(tiny_zoo, tmp_pat
 
 
 def test_evaluate_entry_runs_and_its_numbers_go_into_the_card(tiny_zoo, fashion_mnist_dir):
-    evaluate = TINY.evaluate_fn()
-    metrics = evaluate(zoo.load("clf-tiny"), str(fashion_mnist_dir))
+    datamodule = TINY.datamodule(data_dir=str(fashion_mnist_dir), download=False)
+    metrics = TINY.evaluate(zoo.load("clf-tiny"), datamodule, **TINY.evaluate_kwargs)
     assert set(metrics) == {"acc"} and 0.0 <= metrics["acc"] <= 1.0
-    update_card_metrics(TINY.folder, metrics, source="tests/test_zoo.py")
-    assert read_card_metrics(TINY.folder)[0]["value"] == pytest.approx(metrics["acc"])
+    update_card_metrics(zoo.folder(TINY.name), metrics, source="tests/test_zoo.py")
+    assert read_card_metrics(zoo.folder(TINY.name))[0]["value"] == pytest.approx(metrics["acc"])
     # the same in one call, written into the card by the evaluation itself
     again = zoo.evaluate("clf-tiny", fashion_mnist_dir, write_card="scripts/demo.py")
     assert again == pytest.approx(metrics)
-    (row,) = read_card_metrics(TINY.folder)
+    (row,) = read_card_metrics(zoo.folder(TINY.name))
     assert row["source"] == "scripts/demo.py" and row["dataset"] == "Fashion-MNIST" and row["split"] == "test"
-    assert "| `acc` |" in (TINY.folder / "README.md").read_text()
+    assert "| `acc` |" in (zoo.folder(TINY.name) / "README.md").read_text()
 
 
 def test_evaluate_must_return_the_entry_metrics(tiny_zoo, monkeypatch, fashion_mnist_dir):
@@ -114,17 +115,22 @@ def test_evaluate_must_return_the_entry_metrics(tiny_zoo, monkeypatch, fashion_m
         zoo.evaluate("clf-tiny", fashion_mnist_dir)
 
 
-def test_entry_validation():
+def test_entry_validation(tiny_zoo, fashion_mnist_dir, monkeypatch):
     with pytest.raises(ValueError, match="plain folder name"):
-        zoo.ZooEntry(name="a/b", class_path="models.classifier.ImageClassifier", dataset="x")
+        zoo.ZooEntry(name="a/b", model_class=ImageClassifier, dataset="x")
     with pytest.raises(ValueError, match="no value for metric 'map'"):
-        zoo.ZooEntry(name="a", class_path="x.Y", dataset="x", utility="map", paper={"acc": 1.0})
+        zoo.ZooEntry(name="a", model_class=ImageClassifier, dataset="x", utility="map", paper={"acc": 1.0})
+    with pytest.raises(TypeError, match="not a PrivzooHubMixin"):
+        zoo.ZooEntry(name="a", model_class=torch.nn.Linear, dataset="x")
+    with pytest.raises(ValueError, match="needs a datamodule"):
+        zoo.ZooEntry(name="a", model_class=ImageClassifier, dataset="x", evaluate=evaluate_accuracy)
     with pytest.raises(TypeError, match="not a PrivzooHubMixin"):
         zoo.resolve_class("torch.nn.Linear")
     with pytest.raises(ImportError, match="no 'Nope'"):
         zoo.resolve_class("models.classifier.Nope")
+    monkeypatch.setitem(zoo.REGISTRY, "clf-tiny", replace(TINY, evaluate=None))
     with pytest.raises(ValueError, match="no evaluate"):
-        zoo.ZooEntry(name="a", class_path="x.Y", dataset="x").evaluate_fn()
+        zoo.evaluate("clf-tiny", fashion_mnist_dir)
     with pytest.raises(TypeError):  # entries are read-only
         TINY.paper["acc"] = 1.0
 
@@ -137,19 +143,21 @@ def test_registry_and_checkpoints_folder_agree():
     )
     assert folders == zoo.available(), "every checkpoints/<name>/ folder needs a ZooEntry, and vice versa"
     for entry in zoo.zoo_entries():
-        zoo.resolve_class(entry.class_path)
-        if entry.evaluate:
-            zoo.resolve_callable(entry.evaluate)
+        card = ModelCard.load(zoo.folder(entry.name) / "README.md")
+        assert (
+            card.data.privzoo["class_path"] == f"{entry.model_class.__module__}.{entry.model_class.__name__}"
+        )
+        assert callable(entry.evaluate) and callable(entry.datamodule)
 
 
 @pytest.mark.parametrize("name", zoo.available())
 def test_every_shipped_checkpoint_loads_offline(name):
     entry = zoo.get_entry(name)
     model = zoo.load(name, source="local")
-    assert isinstance(model, entry.model_class()) and not model.training
-    config = json.loads((entry.folder / "config.json").read_text())
+    assert isinstance(model, entry.model_class) and not model.training
+    config = json.loads((zoo.folder(name) / "config.json").read_text())
     assert dict(model.hparams) == config
-    assert (entry.folder / "model.safetensors").stat().st_size < 20 * 2**20
+    assert (zoo.folder(name) / "model.safetensors").stat().st_size < 20 * 2**20
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -279,7 +287,7 @@ def test_publish_dry_run_lists_repo_ids_and_files_without_network(tiny_zoo, caps
     monkeypatch.setattr(huggingface_hub, "HfApi", no_network)
     assert publish.main(["--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert f"privzoo/clf-tiny  <-  {TINY.folder}/" in out
+    assert f"privzoo/clf-tiny  <-  {zoo.folder(TINY.name)}/" in out
     for name in ("config.json", "model.safetensors", "README.md"):
         assert f"    {name}  " in out
     assert "nothing uploaded" in out
@@ -294,7 +302,7 @@ def test_publish_creates_repos_and_uploads_folders(tiny_zoo, capsys):
     (_, token), (_, create), (_, upload) = FakeApi.calls
     assert token == "hf_x"
     assert create == {"repo_id": "privzoo/clf-tiny", "repo_type": "model", "private": None, "exist_ok": True}
-    assert upload["repo_id"] == "privzoo/clf-tiny" and upload["folder_path"] == str(TINY.folder)
+    assert upload["repo_id"] == "privzoo/clf-tiny" and upload["folder_path"] == str(zoo.folder(TINY.name))
     assert sorted(upload["allow_patterns"]) == ["README.md", "config.json", "model.safetensors"]
 
 
@@ -309,15 +317,15 @@ def test_publish_with_the_real_table(capsys):
 
 
 def test_publish_refuses_pickles_orphans_and_broken_folders(tiny_zoo, capsys):
-    torch.save({}, TINY.folder / "pytorch_model.bin")
+    torch.save({}, zoo.folder(TINY.name) / "pytorch_model.bin")
     with pytest.raises(PickleWeightsError, match="safetensors only"):
         publish.plan()
-    (TINY.folder / "pytorch_model.bin").unlink()
+    (zoo.folder(TINY.name) / "pytorch_model.bin").unlink()
     (zoo.CHECKPOINTS_DIR / "stray").mkdir()
     assert publish.main(["--dry-run"]) == 1
     assert "['stray'] without a zoo entry" in capsys.readouterr().err
     assert publish.main(["--dry-run", "--only", "clf-tiny"]) == 0  # --only looks at that folder alone
-    (TINY.folder / "config.json").write_text("{broken")
+    (zoo.folder(TINY.name) / "config.json").write_text("{broken")
     assert publish.main(["--dry-run", "--only", "clf-tiny"]) == 1
     assert "not valid JSON" in capsys.readouterr().err
 
@@ -337,7 +345,7 @@ def test_demo_writes_cards_then_reproduces_them(tiny_zoo, fashion_mnist_dir, tmp
     assert "| clf-tiny | acc |" in (tmp_path / "demo" / "results.md").read_text()
     assert list((tmp_path / "demo" / "wandb").glob("offline-run-*"))
     # a card that the checkpoint no longer reproduces is reported, not hidden
-    update_card_metrics(TINY.folder, {"acc": 0.123}, source="tests")
+    update_card_metrics(zoo.folder(TINY.name), {"acc": 0.123}, source="tests")
     with pytest.raises(SystemExit, match="differ from the model cards"):
         demo.main(args + ["--wandb", "disabled"])
     with pytest.raises(zoo.UnknownCheckpointError, match="available: clf-tiny"):

@@ -18,10 +18,12 @@ import torch
 from models.dpfe.curve import accuracy_privacy_curve, collect_features
 from models.dpfe.noise import feature_covariance
 
-__all__ = ["MEASURES", "zoo_metrics"]
+__all__ = ["MEASURES", "PRIVACY_MEASURES", "zoo_metrics"]
 
+#: the identity-privacy measures of a curve point (log-rank privacy, 1-NN error, normalised rank stats)
+PRIVACY_MEASURES = ("lrp", "nn_error", "rank_mean", "rank_std")
 #: what :func:`zoo_metrics` returns per noise ratio
-MEASURES = ("z_acc", "lrp", "nn_error", "rank_mean", "rank_std")
+MEASURES = ("z_acc", *PRIVACY_MEASURES)
 
 
 def _key(measure: str, r: float) -> str:
@@ -31,53 +33,38 @@ def _key(measure: str, r: float) -> str:
 @torch.no_grad()
 def zoo_metrics(
     model,
-    data_dir: str,
+    datamodule,
     ratios: Sequence[float] = (0.0,),
-    datamodule: str = "datamodules.FashionMNISTDataModule",
-    val_size: int = 5000,
     train_samples: int = 10000,
-    batch_size: int = 1000,
     seed: int = 0,
 ) -> dict[str, float]:
     """Zoo evaluation of a DPFE model (any stage): z-accuracy and identity privacy on the test set.
 
     Args:
         model: a :class:`models.dpfe.DPFE` (Fashion-MNIST: z = its attribute set, y = the 10 classes).
-        data_dir: dataset root (the official test set is the evaluation set).
+        datamodule: a standard-split datamodule (not set up yet); its official test set is evaluated, and
+            its training images give the covariance C when some r > 0.
         ratios: noise ratios r of Procedure 2; r = 0 (no noise) is the headline point.
-        datamodule: dotted path of the standard-split datamodule class.
-        val_size: held-out training images (as in the training configs); only the training images for C
-            depend on it (used when some r > 0).
         train_samples: training images whose features give the covariance C (when some r > 0).
-        batch_size: images per forward pass.
         seed: noise seed (``scripts/dpfe_curve.py``'s default).
 
     Returns:
         ``{"z_acc", "lrp", "nn_error", "rank_mean", "rank_std"}`` at r = 0 (when 0 is in ``ratios``) and
         ``"<measure>_r<r>"`` (e.g. ``"lrp_r1"``) for every other r.
     """
-    from models.zoo import resolve_callable
-
     if not ratios:
         raise ValueError("ratios is empty: pass at least one noise ratio (0 = no noise)")
     hp = model.hparams
-    dm = resolve_callable(datamodule)(
-        data_dir=data_dir,
-        batch_size=batch_size,
-        eval_batch_size=batch_size,
-        val_size=val_size,
-        download=False,
-    )
-    dm.prepare_data()
-    dm.setup("test")
-    features, z, y = collect_features(model, dm.test_dataloader())
-    if any(r > 0 for r in ratios):
-        cov = feature_covariance(collect_features(model, dm.train_dataloader(), train_samples)[0])
-    else:  # the noise covariance is not used at r = 0
-        cov = torch.zeros(features.shape[1], features.shape[1], dtype=torch.float64)
     num_identities = hp.num_identities or (10 if hp.dataset == "fashion_mnist" else None)
     if num_identities is None:
         raise ValueError("zoo_metrics needs num_identities in the model's config for a CelebA model")
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    features, z, y = collect_features(model, datamodule.test_dataloader())
+    if any(r > 0 for r in ratios):
+        cov = feature_covariance(collect_features(model, datamodule.train_dataloader(), train_samples)[0])
+    else:  # the noise covariance is not used at r = 0
+        cov = torch.zeros(features.shape[1], features.shape[1], dtype=torch.float64)
     rows = accuracy_privacy_curve(
         model, features, z, y, cov, ratios, num_identities, hp.privacy_estimator, hp.privacy_k, seed
     )

@@ -1,4 +1,4 @@
-"""PPL's evaluation protocol (paper, "Results and Discussions"): victims in the four retrieval scenarios.
+"""PPL's evaluation protocol (paper, "Results and Discussions", Table 1): victims in the four scenarios.
 
 A victim hashing model (``models.hashing.ADSH`` / ``DSDH``) is trained either on the clean training
 data (C) or on the PPL-protected training data (A); it is then evaluated with the query set (test
@@ -10,32 +10,60 @@ the clean pixel* (``x`` is itself uint8), so ``|z_q - x| <= |z - x|`` per pixel 
 eq. 2 still holds exactly for what is released. :func:`protect_datamodule` swaps a set-up datamodule's
 image pool for its protected version, so every split (train, query, database) is drawn from protected
 images while indices, labels and the split itself stay the same.
+
+The whole Table 1 run (generator, victims trained on C or A, the four scenarios, the surrogate row, the
+table) is here; ``scripts/ppl_table.py`` only parses arguments and writes files. The generator's code
+length is independent of the victims': the paper reports Table 1 "with the generator learned from PPL with
+8-bit code length" against victims of every code length.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from models.cli import cli_main
 from models.metrics import hamming_map
 
 __all__ = [
+    "PAPER_TABLE1",
     "SCENARIOS",
     "dataset_pools",
     "hash_images",
     "image_quality",
-    "ppl_metrics",
-    "victim_metrics",
+    "merge_tables",
+    "paper_row",
     "protect_datamodule",
     "protect_uint8",
+    "released_pool",
     "scenario_codes",
     "scenario_maps",
+    "surrogate_row",
+    "table_markdown",
+    "train_ppl",
+    "victim_row",
 ]
 
 #: (name, query domain, database domain); "c" clean, "a" protected
 SCENARIOS = (("C->C", "c", "c"), ("C->A", "c", "a"), ("A->C", "a", "c"), ("A->A", "a", "a"))
+
+#: the paper's Table 1, Fashion-MNIST, 16 bits: (victim, training domain) -> scenario -> mAP
+PAPER_TABLE1 = {
+    ("dsdh", "C"): {"C->C": 0.6978, "C->A": 0.2803, "A->C": 0.3032, "A->A": 0.2858},
+    ("adsh", "C"): {"C->C": 0.9007, "C->A": 0.3853, "A->C": 0.4118, "A->A": 0.3212},
+    ("adsh", "A"): {"A->A": 0.8852, "A->C": 0.2631, "C->A": 0.4116, "C->C": 0.3134},
+    ("dsdh", "A"): {"A->A": 0.6955, "A->C": 0.2813, "C->A": 0.3481, "C->C": 0.3229},
+}
+
+
+def paper_row(dataset: str, bits: int, victim: str, domain: str) -> dict[str, float] | None:
+    """The paper's Table 1 row of a victim (``None`` where the paper has no such setting)."""
+    return PAPER_TABLE1.get((victim, domain)) if dataset == "fashion_mnist" and bits == 16 else None
 
 
 @torch.no_grad()
@@ -71,7 +99,10 @@ def dataset_pools(datamodule) -> list:
 
 
 def protect_datamodule(
-    datamodule, protect: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 1000
+    datamodule,
+    protect: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int = 1000,
+    released: torch.Tensor | None = None,
 ) -> dict[int, torch.Tensor]:
     """Replaces the image pool(s) of a set-up in-memory datamodule by their protected versions.
 
@@ -82,10 +113,13 @@ def protect_datamodule(
             ``TensorImageDataset`` splits, e.g. MNIST / Fashion-MNIST / CIFAR-10).
         protect: float [b, C, H, W] in [0, 1] -> protected images.
         batch_size: images per call of ``protect``.
+        released: instead of ``protect``, the already released uint8 version of the (single) image pool.
 
     Returns:
         ``{id(clean pool): clean pool}`` -- the original uint8 tensors, to restore or compare.
     """
+    if (protect is None) == (released is None):
+        raise ValueError("give exactly one of protect (a function) and released (the protected pool)")
     datasets = dataset_pools(datamodule)
     if not datasets:
         raise RuntimeError("the datamodule is not set up: call datamodule.setup('fit') first")
@@ -99,8 +133,13 @@ def protect_datamodule(
             )
         key = id(images)
         if key not in protected:
+            if released is not None and released.shape != images.shape:
+                raise ValueError(
+                    f"released pool {tuple(released.shape)} does not match the datamodule's images "
+                    f"{tuple(images.shape)}: same dataset and split?"
+                )
             originals[key] = images
-            protected[key] = protect_uint8(protect, images, batch_size)
+            protected[key] = released if released is not None else protect_uint8(protect, images, batch_size)
         ds.images = protected[key]
     return originals
 
@@ -196,68 +235,164 @@ def image_quality(clean: torch.Tensor, protected: torch.Tensor, batch_size: int 
     return {"psnr": psnr / n, "ssim": ssim / n}
 
 
-def _retrieval_datamodule(data_dir: str, datamodule: str):
-    from models.zoo import resolve_callable
+# ----------------------------------------------------------------------------------------------------
+# Table 1 end to end: the generator, the released pool, victims and the surrogate, the table
+# ----------------------------------------------------------------------------------------------------
+def _cli(config: str | Path, overrides: Sequence[str], root: Path):
+    """The privzoo CLI of ``config`` (instantiated, not run) with its outputs under ``root``."""
+    config = Path(config)
+    if not config.is_file():
+        others = sorted(p.stem for p in config.parent.glob("*.yaml")) if config.parent.is_dir() else []
+        raise FileNotFoundError(f"no config {config}; configs there: {others}")
+    args = ["--config", str(config), "--trainer.logger", "false", "--trainer.default_root_dir", str(root)]
+    args += ["--trainer.enable_progress_bar", "true", "--checkpoint.dirpath", str(root / "ckpt")]
+    return cli_main(args + list(overrides), run=False)
 
-    dm = resolve_callable(datamodule)(data_dir=data_dir, split="retrieval")
+
+def train_ppl(config: str | Path, overrides: Sequence[str], root: Path):
+    """Trains a PPL generator + surrogate from a CLI config; the final weights go to ``root/final.ckpt``."""
+    cli = _cli(config, overrides, root)
+    t0 = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.save_checkpoint(root / "final.ckpt")  # the final weights (last.ckpt may predate max_steps)
+    print(f"[ppl {cli.model.bits} bits] trained in {time.perf_counter() - t0:.0f} s -> {root / 'final.ckpt'}")
+    return cli.model.eval()
+
+
+def released_pool(
+    config: str | Path, overrides: Sequence[str], protect: Callable, root: Path, batch_size: int = 1000
+) -> dict[str, Any]:
+    """The retrieval split of ``config``'s datamodule and ONE released (8-bit protected) version of its pool.
+
+    Returns:
+        ``{"datamodule", "pool", "protected", "protect_s"}`` (uint8 pools ``[N, C, H, W]``).
+    """
+    dm = _cli(config, overrides, root).datamodule
     dm.prepare_data()
     dm.setup("test")
-    return dm
+    pool = dm.query_set.images
+    t0 = time.perf_counter()
+    protected = protect_uint8(protect, pool, batch_size)
+    return {"datamodule": dm, "pool": pool, "protected": protected, "protect_s": time.perf_counter() - t0}
 
 
-@torch.no_grad()
-def victim_metrics(victim, data_dir: str, datamodule: str = "datamodules.FashionMNISTDataModule") -> dict:
-    """Zoo evaluation of a victim hashing model: clean mAP@all (query = test set, database = train set).
+def victim_row(
+    config: str | Path,
+    overrides: Sequence[str],
+    root: Path,
+    domain: str,
+    pool: torch.Tensor,
+    protected: torch.Tensor,
+    ckpt: str | None = None,
+    batch_size: int = 1000,
+) -> dict[str, Any]:
+    """Trains (or loads) one victim on the clean (C) or protected (A) pool; its four scenario mAPs.
 
     Args:
-        victim: a trained ``models.hashing`` model.
-        data_dir: dataset root.
-        datamodule: dotted path of the retrieval datamodule class.
+        config: the victim's CLI config (``configs/<adsh|dsdh>/<dataset>.yaml``).
+        overrides: CLI arguments (``--model.init_args.bits 16`` ...).
+        root: output folder (``final.ckpt`` of a trained victim).
+        domain: ``"C"`` or ``"A"``: the training images.
+        pool, protected: uint8 ``[N, C, H, W]`` clean pool and its released version.
+        ckpt: a trained victim to evaluate instead of training one.
+        batch_size: images per hash call.
 
     Returns:
-        ``{"map_cc": ...}``.
+        ``{"map": {scenario: mAP}, "fit_s": seconds or None, "model": the victim}``.
     """
-    dm = _retrieval_datamodule(data_dir, datamodule)
-    pool = dm.query_set.images
-    q = hash_images(victim.hash, pool[dm.query_set.indices])
-    d = hash_images(victim.hash, pool[dm.database_set.indices])
-    return {"map_cc": float(hamming_map(q, dm.query_set.targets, d, dm.database_set.targets))}
-
-
-@torch.no_grad()
-def ppl_metrics(
-    model,
-    data_dir: str,
-    victims: tuple[str, ...] = ("adsh-fashion-mnist-16bit",),
-    datamodule: str = "datamodules.FashionMNISTDataModule",
-) -> dict:
-    """Zoo evaluation of a PPL model: image quality, surrogate and zoo-victim mAPs in the four scenarios.
-
-    The released (8-bit) protected version of the whole image pool is computed once; every victim (a zoo
-    checkpoint name, trained on clean images) is then queried in the four scenarios.
-
-    Args:
-        model: a trained :class:`models.ppl.PPL`.
-        data_dir: dataset root.
-        victims: zoo names of victim hashing models.
-        datamodule: dotted path of the retrieval datamodule class.
-
-    Returns:
-        ``{"psnr", "ssim", "surrogate_map_cc", ..., "<victim>_map_ca", ...}`` with ``<victim>`` the part of
-        the name before the first ``-`` (e.g. ``adsh_map_ca``).
-    """
-    from models import zoo
-
-    dm = _retrieval_datamodule(data_dir, datamodule)
-    pool = dm.query_set.images
-    protected = protect_uint8(model.protect, pool)
+    if domain not in ("C", "A"):
+        raise ValueError(f"domain must be 'C' (clean) or 'A' (protected), got {domain!r}")
+    extra = ["--trainer.limit_val_batches", "0", "--checkpoint.monitor", "null", *overrides]
+    cli = _cli(config, extra, root)
+    dm = cli.datamodule
+    dm.prepare_data()
+    dm.setup("fit")
+    if any(not torch.equal(ds.images, pool) for ds in dataset_pools(dm)):
+        raise RuntimeError(f"{config}'s datamodule holds other images than the PPL pool: same dataset?")
+    if domain == "A":  # every split now draws the released (protected) images
+        protect_datamodule(dm, released=protected)
+    if ckpt is None:
+        t0 = time.perf_counter()
+        cli.trainer.fit(cli.model, datamodule=dm)
+        fit_s = time.perf_counter() - t0
+        cli.trainer.save_checkpoint(root / "final.ckpt")
+        model = cli.model.eval()
+    else:
+        model = type(cli.model).load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+        if model.bits != cli.model.bits:
+            raise ValueError(f"{ckpt} is a {model.bits}-bit victim, not {cli.model.bits}")
+        fit_s = None
     q, d = dm.query_set.indices, dm.database_set.indices
-    labels = dm.query_set.targets, dm.database_set.targets
-    out = image_quality(pool[q], protected[q])
-    for prefix, hash_fn in [("surrogate", model.hash)] + [
-        (v.split("-")[0], zoo.load(v).hash) for v in victims
-    ]:
-        codes = scenario_codes(hash_fn, pool, protected, q, d)
-        for name, value in scenario_maps(codes, *labels).items():
-            out[f"{prefix}_map_{name.replace('->', '').lower()}"] = value
-    return out
+    codes = scenario_codes(model.hash, pool, protected, q, d, batch_size)
+    maps = scenario_maps(codes, dm.query_set.targets, dm.database_set.targets)
+    return {"map": maps, "fit_s": fit_s, "model": model}
+
+
+def surrogate_row(protector, released: dict[str, Any], batch_size: int = 1000) -> dict[str, Any]:
+    """The PPL surrogate's own four scenarios and the released test images' PSNR / SSIM."""
+    dm, pool, protected = released["datamodule"], released["pool"], released["protected"]
+    q, d = dm.query_set.indices, dm.database_set.indices
+    codes = scenario_codes(protector.hash, pool, protected, q, d, batch_size)
+    return {
+        "map": scenario_maps(codes, dm.query_set.targets, dm.database_set.targets),
+        "quality": image_quality(pool[q], protected[q], batch_size),
+    }
+
+
+def table_markdown(results: dict) -> str:
+    """Table 1 as markdown: one table per victim code length, [paper] values beside the measured ones."""
+    lines = []
+    for bits, res in results["bits"].items():
+        ppl = res["ppl"]
+        lines += [
+            f"### {results['dataset']}, {bits}-bit victims (PPL generator: {ppl.get('bits', bits)} bits, "
+            f"epsilon {ppl['epsilon']}, l_{ppl['norm']})",
+            "",
+            f"PSNR {res['quality']['psnr']:.2f} dB, SSIM {res['quality']['ssim']:.4f} "
+            "(released 8-bit protected test images vs clean)",
+            "",
+            "| model | trained on | " + " | ".join(n for n, _, _ in SCENARIOS) + " |",
+            "| --- | --- | " + " | ".join("---" for _ in SCENARIOS) + " |",
+        ]
+        for row in res["rows"]:
+            paper = row.get("paper") or {}
+            cells = [
+                f"{row['map'][n]:.4f}" + (f" [{paper[n]:.4f}]" if n in paper else "") for n, _, _ in SCENARIOS
+            ]
+            lines.append(f"| {row['model']} | {row['trained_on']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("Measured mAP@all; [paper Table 1] where the paper reports the setting.")
+    return "\n".join(lines) + "\n"
+
+
+def merge_tables(parts: Sequence[dict], sources: Sequence[str]) -> dict:
+    """One results dict from several runs' tables (the same protector per code length).
+
+    Raises:
+        ValueError: two parts used different protectors, or measured the same row differently.
+    """
+    merged: dict = {"dataset": None, "bits": {}, "merged_from": list(sources)}
+    for part, source in zip(parts, sources, strict=True):
+        merged["dataset"] = merged["dataset"] or part["dataset"]
+        for bits, res in part["bits"].items():
+            into = merged["bits"].setdefault(bits, {"ppl": res["ppl"], "quality": res["quality"], "rows": []})
+            if into["ppl"]["ckpt"] != res["ppl"]["ckpt"]:
+                raise ValueError(
+                    f"{source}: {bits}-bit rows come from PPL {res['ppl']['ckpt']}, not {into['ppl']['ckpt']}"
+                )
+            for row in res["rows"]:
+                key = (row["model"], row["trained_on"])
+                same = [r for r in into["rows"] if (r["model"], r["trained_on"]) == key]
+                if same and _rounded(same[0]["map"]) != _rounded(row["map"]):
+                    raise ValueError(
+                        f"{source}: {row['model']} ({row['trained_on']}) disagrees with an earlier file"
+                    )
+                if not same:
+                    into["rows"].append(row)
+    for res in merged["bits"].values():  # victims first, in a fixed order, the surrogate last
+        res["rows"].sort(key=lambda r: (r["model"] == "PPL surrogate", r["model"], r["trained_on"] != "C"))
+    return merged
+
+
+def _rounded(maps: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 6) for k, v in maps.items()}

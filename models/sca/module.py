@@ -411,7 +411,7 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         return trainer.strategy if trainer is not None and trainer.world_size > 1 else None
 
     @torch.no_grad()
-    def fit_transform(self, features: torch.Tensor, refit_transform: bool = True) -> None:
+    def refit(self, features: torch.Tensor, refit_transform: bool = True) -> None:
         """The transform stage: refit ``W`` (eq. 1) and ``R`` (eq. 3), then the ambiguation statistics.
 
         Args:
@@ -498,7 +498,7 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         feats = torch.cat(self._epoch_features)[-self.hparams.transform_samples :]
         self._epoch_features = []
         refit = self.current_epoch < self.hparams.transform_epochs
-        self.fit_transform(feats, refit_transform=refit)
+        self.refit(feats, refit_transform=refit)
         if refit and self.transform_history:
             self.log("train/transform_objective", self.transform_history[-1], sync_dist=False)
 

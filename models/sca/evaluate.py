@@ -1,5 +1,5 @@
 """SCA's Table I evaluation (normalised MSE and SSIM vs Sx and Sp), shared by ``scripts/sca_table.py``
-and the zoo (:func:`zoo_metrics`).
+and the zoo (:func:`zoo_metrics`); the paper's Table I numbers are defined here, once.
 
 * authorized user, Sp = 0, Sx in ``sx_list`` (one model: the top-k is applied at encode time);
 * Sx = ``table_sx``, Sp in ``sp_list``: the authorized user purifies the public code with the true support;
@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from scipy import stats
+from torchmetrics import MetricCollection
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
 from models.sca.metrics import NMSE
@@ -37,20 +38,15 @@ PAPER_AUTH = {
 PAPER_SERVER = {8: (0.2775, 0.7506), 16: (0.3255, 0.6835), 24: (0.3635, 0.6351), 32: (0.4026, 0.5914)}
 
 
-def _pair(ssim: bool = True):
+def _reconstruction_metrics(ssim: bool = True) -> MetricCollection:
     metrics = {"nmse": NMSE(), "nmse_global": NMSE("global")}
     if ssim:  # the costly one (five 11 x 11 convolutions per image)
         metrics["ssim"] = StructuralSimilarityIndexMeasure(data_range=1.0)
-    return metrics
+    return MetricCollection(metrics, compute_groups=False)
 
 
-def _update(metrics, preds, target):
-    for m in metrics.values():
-        m.update(preds, target)
-
-
-def _compute(metrics):
-    return {k: round(float(m.compute()), 4) for k, m in metrics.items()}
+def _compute(metrics: MetricCollection) -> dict[str, float]:
+    return {k: round(float(v), 4) for k, v in metrics.compute().items()}
 
 
 @torch.no_grad()
@@ -86,9 +82,9 @@ def measure(
         module docstring; paper numbers and "meets" flags where Table I has them).
     """
     model.eval()
-    auth = {sx: _pair() for sx in sx_list}
+    auth = {sx: _reconstruction_metrics() for sx in sx_list}
     parties = (("authorized",) if purified else ()) + SERVER_ATTACKS
-    amb = {sp: {p: _pair(server_ssim) for p in parties} for sp in sp_list}
+    amb = {sp: {p: _reconstruction_metrics(server_ssim) for p in parties} for sp in sp_list}
     gen = torch.Generator().manual_seed(seed)
     values = {sp: ([], []) for sp in sp_list}  # informative / noise entries of the public codes
     seen = 0
@@ -100,7 +96,7 @@ def measure(
                 break
         seen += len(x)
         for sx in sx_list:
-            _update(auth[sx], model.decode(model.encode(x, sx=sx)), x)
+            auth[sx].update(model.decode(model.encode(x, sx=sx)), x)
         codes = model.encode(x, sx=table_sx)
         for sp in sp_list:
             public = model.ambiguate(codes, sp, gen)
@@ -108,9 +104,9 @@ def measure(
                 values[sp][0].append(public[codes != 0])
                 values[sp][1].append(public[(public != 0) & (codes == 0)])
             if purified:
-                _update(amb[sp]["authorized"], model.decode(model.purify(public, codes != 0)), x)
+                amb[sp]["authorized"].update(model.decode(model.purify(public, codes != 0)), x)
             for name, images in model.server_attacks(public, sx=table_sx).items():
-                _update(amb[sp][name], images, x)
+                amb[sp][name].update(images, x)
     out = {"num_images": seen, "authorized": {}, "ambiguation": {}}
     for sx in sx_list:
         row = _compute(auth[sx])
@@ -158,30 +154,27 @@ def refit_statistics(model: SCA, dm, ckpt: str | None = None, save: str | None =
     loader = torch.utils.data.DataLoader(dm.train_set, batch_size=1000, collate_fn=dm.train_set.collate_fn)
     for batch in loader:
         feats.append(model.features(batch["image"].float() / 255))
-    model.fit_transform(torch.cat(feats), refit_transform=False)
+    model.refit(torch.cat(feats), refit_transform=False)
     if save:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
         state["state_dict"] = {k: v.clone() for k, v in model.state_dict().items()}
         torch.save(state, save)
 
 
 def zoo_metrics(
     model: SCA,
-    data_dir: str,
+    datamodule,
     sx: int = 16,
     sp_list: Sequence[int] = (8, 16, 24, 32),
     privacy_sp: int = 32,
     seed: int = 0,
-    batch_size: int = 1000,
     limit: int | None = None,
-    val_size: int = 5000,
 ) -> dict[str, float]:
-    """The zoo evaluation of an SCA checkpoint: Table I's headline numbers on the Fashion-MNIST test set.
+    """The zoo evaluation of an SCA checkpoint: Table I's headline numbers on the official test split.
 
     Runs :func:`measure` (authorized row at Sx = ``sx``, server rows at Sx = ``sx`` and every Sp of
-    ``sp_list``; ``val_size`` only shapes the train / val split, the test split is always the official
-    one; NMSE only in the server rows, no purified rows, no KS tests: about 40 s on one busy CPU
-    core) on ``FashionMNISTDataModule(data_dir=...)``'s test split (10,000 images).
+    ``sp_list``; NMSE only in the server rows, no purified rows, no KS tests: about 40 s on one busy CPU
+    core) on the datamodule's test split (Fashion-MNIST: 10,000 images).
 
     Returns:
         ``ssim_sx{sx}`` / ``nmse_sx{sx}``: the authorized user's SSIM / NMSE at Sp = 0 (utility);
@@ -190,17 +183,13 @@ def zoo_metrics(
         headline); ``server_nmse_posterior_mean_sp{sp}``: the same with privzoo's extra
         ``posterior_mean`` attack (stronger: lower NMSE); ``num_images``.
     """
-    from datamodules import FashionMNISTDataModule
-
     if privacy_sp not in sp_list:
         raise ValueError(f"privacy_sp={privacy_sp} must be one of sp_list={list(sp_list)}")
-    dm = FashionMNISTDataModule(
-        data_dir=data_dir, eval_batch_size=batch_size, download=False, val_size=val_size
-    )
-    dm.setup("test")
+    datamodule.prepare_data()
+    datamodule.setup("test")
     result = measure(
         model,
-        dm.test_dataloader(),
+        datamodule.test_dataloader(),
         [sx],
         list(sp_list),
         sx,

@@ -1,0 +1,42 @@
+"""DPFE's pretrained checkpoints: the paper's extractor and its Simple baseline (Fashion-MNIST analogue)."""
+
+from functools import partial
+
+from datamodules import FashionMNISTDataModule
+from models.dpfe.evaluate import zoo_metrics
+from models.dpfe.module import DPFE
+from models.pretrained import ZooEntry
+
+__all__ = ["ZOO"]
+
+_DATA = partial(FashionMNISTDataModule, batch_size=1000, eval_batch_size=1000, val_size=5000)
+#: DPFE's paper reports CelebA curves only: no Fashion-MNIST numbers to compare with
+_NO_PAPER = {"z_acc": None, "lrp": None}
+_PAPER_REF = "DPFE (Osia et al.): no Fashion-MNIST numbers in the paper (CelebA curves only)"
+
+ZOO = (
+    ZooEntry(
+        name="dpfe-fashion-mnist",
+        model_class=DPFE,
+        dataset="Fashion-MNIST",
+        datamodule=_DATA,
+        evaluate=zoo_metrics,
+        utility="z_acc",
+        privacy="lrp",
+        paper=_NO_PAPER,
+        paper_ref=_PAPER_REF,
+        description="DPFE private-feature extractor (d = 10, attribute set FU, y = class), r = 0",
+    ),
+    ZooEntry(
+        name="dpfe-fashion-mnist-simple",
+        model_class=DPFE,
+        dataset="Fashion-MNIST",
+        datamodule=_DATA,
+        evaluate=zoo_metrics,
+        utility="z_acc",
+        privacy="lrp",
+        paper=_NO_PAPER,
+        paper_ref=_PAPER_REF,
+        description="DPFE's Simple baseline (AE bottleneck, no y-remover; d = 10, attribute set FU), r = 0",
+    ),
+)
