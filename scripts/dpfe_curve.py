@@ -157,7 +157,10 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"missing {name} checkpoint {path}: pass --{name} PATH or use --train")
 
     torch.manual_seed(args.seed)
-    models = {name: DPFE.load_from_checkpoint(str(p), map_location="cpu").eval() for name, p in ckpts.items()}
+    models = {
+        name: DPFE.load_from_checkpoint(str(p), map_location="cpu", weights_only=True).eval()
+        for name, p in ckpts.items()
+    }
     hp = models["dpfe"].hparams
     for key in ("backbone", "cut", "attribute_set", "feature_dim"):
         if models["simple"].hparams[key] != hp[key]:

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--tolerance", type=float, default=1e-4, help="fail above this max abs difference")
     args = parser.parse_args(argv)
 
-    module = DPFE.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
+    module = DPFE.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True).eval()
     hp = module.hparams
     path = export_feature_extractor(module, args.out)
     images = torch.rand(

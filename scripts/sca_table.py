@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--save", default=None, help="with --refit-statistics: write the refreshed checkpoint here"
     )
     args = parser.parse_args(argv)
-    model = SCA.load_from_checkpoint(args.ckpt, map_location="cpu")
+    model = SCA.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True)
     dm = FashionMNISTDataModule(
         data_dir=args.data_dir, eval_batch_size=args.batch_size, download=False, val_size=args.val_size
     )

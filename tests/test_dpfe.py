@@ -290,7 +290,7 @@ def stage_args(stage, data_dir, run_dir, *extra):
 
 def test_procedure_1_through_the_cli(fashion_mnist_dir, tmp_path):
     cli_main(["fit", *stage_args("attribute", fashion_mnist_dir, tmp_path)])
-    attribute = torch.load(tmp_path / "attribute" / "last.ckpt", weights_only=False)["state_dict"]
+    attribute = torch.load(tmp_path / "attribute" / "last.ckpt", weights_only=True)["state_dict"]
     # Simple with lr 0: the backbone is exactly the attribute model's, the AE exactly the PCA init
     simple = cli_main(
         [
@@ -333,7 +333,7 @@ def test_procedure_1_through_the_cli(fashion_mnist_dir, tmp_path):
     assert 0 <= float(metrics["val/lrp"]) <= 1
     # the config's AccuracyPrivacyCurveLogger drew the val curve (a PNG under the CSV logger's folder)
     assert list((tmp_path / "logs").glob("**/images/val_acc_priv_lrp_step*.png"))
-    reloaded = DPFE.load_from_checkpoint(tmp_path / "dpfe" / "last.ckpt").eval()
+    reloaded = DPFE.load_from_checkpoint(tmp_path / "dpfe" / "last.ckpt", weights_only=True).eval()
     assert reloaded.hparams.stage == "dpfe" and reloaded.extract(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     # fine-tuning a reloaded model keeps its weights: init_from (the Simple checkpoint) is not re-applied
     before = {k: v.clone() for k, v in reloaded.state_dict().items()}

@@ -182,7 +182,9 @@ def test_checkpoint_round_trip_keeps_codes(fashion_mnist_dir, tmp_path, cls):
     trainer.fit(model, datamodule=dm)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
-    loaded = cls.load_from_checkpoint(path)  # fresh module, lazy buffers sized from the checkpoint
+    loaded = cls.load_from_checkpoint(
+        path, weights_only=True
+    )  # fresh module, lazy buffers sized from the checkpoint
     names = ["V", "U", "omega"] if cls is ADSH else ["B", "U", "W"]
     for name in names:
         assert torch.equal(getattr(loaded, name), getattr(model, name)), name

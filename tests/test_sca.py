@@ -356,7 +356,7 @@ def test_cli_fit_test_and_plots_on_tiny_fashion_mnist(fashion_mnist_dir, tmp_pat
 
     assert Image.open(images[0]).mode == "RGB"
     ckpt = next(tmp_path.rglob("last.ckpt"))
-    reloaded = SCA.load_from_checkpoint(ckpt)
+    reloaded = SCA.load_from_checkpoint(ckpt, weights_only=True)
     torch.testing.assert_close(reloaded.transform, model.transform)
     cli = cli_main(["test", *args, f"--ckpt_path={ckpt}"])
     assert 0 < float(cli.trainer.callback_metrics["test/nmse"]) < 2
@@ -399,7 +399,7 @@ def test_table_and_bench_scripts_on_tiny_inputs(fashion_mnist_dir, tmp_path, cap
     )
     assert (out / "table.md").read_text().count("| server") == 12
     assert list((out / "wandb").glob("offline-run-*"))
-    refit = torch.load(tmp_path / "refit.ckpt", weights_only=False)["state_dict"]
+    refit = torch.load(tmp_path / "refit.ckpt", weights_only=True)["state_dict"]
     assert not torch.equal(refit["quantiles"], model.quantiles) and torch.equal(
         refit["transform"], model.transform
     )

@@ -259,9 +259,6 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
                 )
             self._build_privacy(c)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["dpfe_initialised"] = True
-
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # restored weights (resume, load_from_checkpoint): a later fit must not re-run init_from / PCA
         self._initialised = True
@@ -281,7 +278,13 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
 
     def _load_previous_stage(self, path: str) -> bool:
         """Loads the previous stage's weights; returns whether it held the bottleneck too."""
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        try:  # weights only: a checkpoint is data, never code to unpickle
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except (OSError, RuntimeError, EOFError) as err:
+            raise ValueError(
+                f"init_from={path} is not a readable Lightning checkpoint ({err}): point it at the previous "
+                "stage's last.ckpt"
+            ) from err
         state = state.get("state_dict", state)
         own = self.state_dict()
         missing = [k for k in own if k not in state]

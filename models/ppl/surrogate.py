@@ -6,18 +6,19 @@ import torch
 from torch import nn
 
 from models.backbones import SmallCNN, create_backbone
-from models.metrics import sign_codes
 
 __all__ = ["PPLCNN", "HashSurrogate"]
 
 
-def PPLCNN(in_chans: int = 1, channels: tuple[int, int] = (20, 50)) -> SmallCNN:
+class PPLCNN(SmallCNN):
     """The paper's grayscale surrogate features: :class:`models.backbones.SmallCNN` without its linear layer.
 
     Two 5x5 conv layers (20 and 50 channels, ReLU, 2x2 max-pool), average-pooled to 7x7 (a no-op for
     28x28 inputs); features [B, 50 * 49]. The fc layer with ``bits`` units lives in :class:`HashSurrogate`.
     """
-    return SmallCNN(in_chans, channels, num_features=None)
+
+    def __init__(self, in_chans: int = 1, channels: tuple[int, int] = (20, 50)) -> None:
+        super().__init__(in_chans, channels, num_features=None)
 
 
 class HashSurrogate(nn.Module):
@@ -68,8 +69,3 @@ class HashSurrogate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Relaxed codes ``tanh(fc(backbone(x)))`` [B, bits] in (-1, 1) for images [B, C, H, W]."""
         return torch.tanh(self.fc(self.backbone(x)))
-
-    @torch.no_grad()
-    def codes(self, x: torch.Tensor) -> torch.Tensor:
-        """Binary codes ``h(x) = sign(F(x))`` [B, bits] in ``{-1, +1}`` (eq. 3)."""
-        return sign_codes(self(x))
