@@ -9,6 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from models.backbones import create_backbone
@@ -55,10 +56,12 @@ class ImageClassifier(PrivzooHubMixin, L.LightningModule):
         self.save_hyperparameters()
         self.backbone = create_backbone(backbone, in_chans=in_chans, pretrained=pretrained)
         self.head = nn.Linear(self.backbone.num_features, num_classes)
-        # one metric object per stage: torchmetrics syncs them across DDP ranks
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # one collection per stage, logged as "<stage>/acc" (torchmetrics syncs them across DDP ranks)
+        self.train_metrics = MetricCollection(
+            {"acc": MulticlassAccuracy(num_classes, average="micro")}, prefix="train/"
+        )
+        self.val_metrics = self.train_metrics.clone(prefix="val/")
+        self.test_metrics = self.train_metrics.clone(prefix="test/")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Maps images [B, C, H, W] in [0, 1] to logits [B, K]."""
@@ -67,10 +70,10 @@ class ImageClassifier(PrivzooHubMixin, L.LightningModule):
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self(batch["image"])
         loss = F.cross_entropy(logits, batch["label"])
-        acc = getattr(self, f"{stage}_acc")
-        acc(logits, batch["label"])
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics(logits, batch["label"])
         self.log(f"{stage}/loss", loss, prog_bar=stage != "train", sync_dist=stage != "train")
-        self.log(f"{stage}/acc", acc, prog_bar=True)
+        self.log_dict(metrics, prog_bar=True)
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from torchmetrics import MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from models.grl import grad_reverse
@@ -133,12 +134,14 @@ class PPL(PrivzooHubMixin, L.LightningModule):
         self.surrogate = HashSurrogate(
             in_chans, bits, backbone=surrogate_backbone, pretrained=pretrained, fc_init_gain=fc_init_gain
         )
-        # one metric object per scenario and stage (torchmetrics syncs them across DDP ranks)
-        for stage in ("val", "test"):
-            for scenario in _SCENARIOS:
-                setattr(self, f"{stage}_map_{scenario}", HammingMAP())
-            setattr(self, f"{stage}_psnr", PeakSignalNoiseRatio(data_range=1.0))
-            setattr(self, f"{stage}_ssim", StructuralSimilarityIndexMeasure(data_range=1.0))
+        # one collection per stage: a mAP per scenario, PSNR / SSIM (torchmetrics syncs them across DDP ranks)
+        metrics = {f"map_{scenario}": HammingMAP() for scenario in _SCENARIOS}
+        metrics |= {
+            "psnr": PeakSignalNoiseRatio(data_range=1.0),
+            "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
+        }
+        self.val_metrics = MetricCollection(metrics, prefix="val/", compute_groups=False)
+        self.test_metrics = self.val_metrics.clone(prefix="test/")
 
     # ------------------------------------------------------------------------------------------------
     # public API
@@ -294,47 +297,51 @@ class PPL(PrivzooHubMixin, L.LightningModule):
     # ------------------------------------------------------------------------------------------------
     # evaluation: surrogate mAP in the 4 scenarios, PSNR / SSIM of the protected queries
     # ------------------------------------------------------------------------------------------------
-    def _eval_step(self, batch: dict[str, torch.Tensor], dataloader_idx: int, stage: str) -> None:
+    def _eval_step(
+        self, batch: dict[str, torch.Tensor], dataloader_idx: int, metrics: MetricCollection
+    ) -> None:
         x, labels, index = batch["image"], batch["label"], batch["index"]
         z = self.protect(x)
         clean, protected = self.hash(x), self.hash(z)
         role = "query" if dataloader_idx == 0 else "database"
         for scenario in _SCENARIOS:
             domain = scenario[0] if role == "query" else scenario[1]
-            codes = clean if domain == "c" else protected
-            getattr(self, f"{stage}_map_{scenario}").update(codes, labels, role=role, index=index)
+            metrics[f"map_{scenario}"].update(
+                clean if domain == "c" else protected, labels, role=role, index=index
+            )
         if role == "query":
             for name in ("psnr", "ssim"):
-                metric = getattr(self, f"{stage}_{name}")
-                metric(z, x)
-                self.log(f"{stage}/{name}", metric, add_dataloader_idx=False, batch_size=x.shape[0])
+                metrics[name](z.float(), x.float())
+                self.log(
+                    metrics.prefix + name, metrics[name], add_dataloader_idx=False, batch_size=x.shape[0]
+                )
 
-    def _eval_epoch_end(self, stage: str) -> None:
+    def _eval_epoch_end(self, metrics: MetricCollection) -> None:
         values = {}
         for scenario in _SCENARIOS:
-            metric = getattr(self, f"{stage}_map_{scenario}")
+            metric = metrics[f"map_{scenario}"]
             if metric.query_codes and metric.db_codes:  # both loaders of the retrieval split ran
                 values[scenario] = metric.compute().float()
             metric.reset()
         for scenario, value in values.items():
-            self.log(f"{stage}/map_{scenario}", value, prog_bar=scenario in ("cc", "ac"))
+            self.log(f"{metrics.prefix}map_{scenario}", value, prog_bar=scenario in ("cc", "ac"))
         if "cc" in values and "ac" in values:
             # utility kept on clean data minus what survives the protection: higher = better protector
-            self.log(f"{stage}/map_gap", values["cc"] - values["ac"])
+            self.log(f"{metrics.prefix}map_gap", values["cc"] - values["ac"])
 
     def validation_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._eval_step(batch, dataloader_idx, "val")
+        self._eval_step(batch, dataloader_idx, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
+        self._eval_epoch_end(self.val_metrics)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx, "test")
+        self._eval_step(batch, dataloader_idx, self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
+        self._eval_epoch_end(self.test_metrics)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         return {"index": batch["index"], "label": batch["label"], "protected": self.protect(batch["image"])}

@@ -35,6 +35,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torchmetrics import MetricCollection
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
 from models.hub import PrivzooHubMixin
@@ -213,11 +214,11 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         self.register_buffer("refits", torch.zeros((), dtype=torch.long))
         self._epoch_features: list[torch.Tensor] = []
         self.transform_history: list[float] = []
-        for stage in ("val", "test"):
-            setattr(self, f"{stage}_nmse", NMSE())
-            setattr(self, f"{stage}_ssim", StructuralSimilarityIndexMeasure(data_range=1.0))
-            for attack in SERVER_ATTACKS:
-                setattr(self, f"{stage}_server_nmse_{attack}", NMSE())
+        # one collection per stage (torchmetrics syncs them across DDP ranks), logged as "<stage>/<name>"
+        metrics = {"nmse": NMSE(), "ssim": StructuralSimilarityIndexMeasure(data_range=1.0)}
+        metrics |= {f"server_nmse_{attack}": NMSE() for attack in SERVER_ATTACKS}
+        self.val_metrics = MetricCollection(metrics, prefix="val/", compute_groups=False)
+        self.test_metrics = self.val_metrics.clone(prefix="test/")
 
     # ------------------------------------------------------------------------------------------------
     # checks
@@ -508,43 +509,41 @@ class SCA(PrivzooHubMixin, L.LightningModule):
     # ------------------------------------------------------------------------------------------------
     # evaluation: authorized NMSE / SSIM at sx, curious-server NMSE at sp
     # ------------------------------------------------------------------------------------------------
-    def _eval_step(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
+    def _eval_step(self, batch: dict[str, torch.Tensor], batch_idx: int, metrics: MetricCollection) -> None:
         x = batch["image"]
         codes = self.encode(x)
         x_hat = self.decode(codes)
-        getattr(self, f"{stage}_nmse").update(x_hat, x)
-        getattr(self, f"{stage}_ssim").update(x_hat, x)
+        metrics["nmse"].update(x_hat, x)
+        metrics["ssim"].update(x_hat, x)
         if self.hparams.sp > 0:
             g = torch.Generator(device=x.device).manual_seed(self.hparams.seed * 1_000_003 + batch_idx)
             public = self.ambiguate(codes, self.hparams.sp, g)
             for attack, images in self.server_attacks(public).items():
-                getattr(self, f"{stage}_server_nmse_{attack}").update(images, x)
+                metrics[f"server_nmse_{attack}"].update(images, x)
 
-    def _eval_epoch_end(self, stage: str) -> None:
-        for name in ("nmse", "ssim"):
-            metric = getattr(self, f"{stage}_{name}")
-            self.log(f"{stage}/{name}", metric.compute(), prog_bar=True)
-            metric.reset()
-        if self.hparams.sp > 0:
-            values = {}
-            for attack in SERVER_ATTACKS:
-                metric = getattr(self, f"{stage}_server_nmse_{attack}")
-                values[attack] = metric.compute()
-                metric.reset()
-                self.log(f"{stage}/server_nmse_{attack}", values[attack])
-            self.log(f"{stage}/server_nmse", torch.stack(list(values.values())).min())  # the strongest attack
+    def _eval_epoch_end(self, metrics: MetricCollection) -> None:
+        names = ["nmse", "ssim"] + (
+            [f"server_nmse_{a}" for a in SERVER_ATTACKS] if self.hparams.sp > 0 else []
+        )
+        values = {name: metrics[name].compute() for name in names}
+        metrics.reset()
+        for name, value in values.items():
+            self.log(metrics.prefix + name, value, prog_bar=name in ("nmse", "ssim"))
+        if self.hparams.sp > 0:  # the strongest attack
+            server = [values[f"server_nmse_{a}"] for a in SERVER_ATTACKS]
+            self.log(f"{metrics.prefix}server_nmse", torch.stack(server).min())
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx, "val")
+        self._eval_step(batch, batch_idx, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
+        self._eval_epoch_end(self.val_metrics)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx, "test")
+        self._eval_step(batch, batch_idx, self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
+        self._eval_epoch_end(self.test_metrics)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         codes = self.encode(batch["image"])
