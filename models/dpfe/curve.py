@@ -91,6 +91,7 @@ def accuracy_privacy_curve(
     was_training = module.training
     module.eval()
     rows = []
+    features = features.float()  # features released under bf16 autocast: the curve is measured in float32
     if noise_draws < 1:
         raise ValueError(f"noise_draws must be >= 1, got {noise_draws}")
     for r in ratios:

@@ -34,6 +34,7 @@ from models.dpfe.losses import attribute_loss, check_features, y_remover_loss
 from models.dpfe.networks import LinearBottleneck, chain_layers, split_at
 from models.dpfe.privacy import ESTIMATORS, IdentityPrivacy
 from models.hub import PrivzooHubMixin
+from models.precision import float32
 
 __all__ = ["DPFE", "STAGES"]
 
@@ -338,7 +339,8 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
         z_loss = attribute_loss(self.predict_from_features(f), z)  # eq. (7), first term
         loss = z_loss
         if self.hparams.stage == "dpfe":
-            y_loss = y_remover_loss(f, y, self.hparams.margin)  # eq. (7), second term
+            with float32():  # pairwise distances against the margin, too coarse in bf16
+                y_loss = y_remover_loss(f.float(), y, self.hparams.margin)  # eq. (7), second term
             loss = z_loss + self.hparams.remover_weight * y_loss
             self.log("train/y_loss", y_loss)
         self.log("train/z_loss", z_loss)
@@ -354,7 +356,7 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
         acc(((logits > 0).float() == z).float())
         self.log(f"{stage}/z_acc", acc, prog_bar=True)
         getattr(self, f"{stage}_privacy").update(f, y)
-        return {"features": f.detach(), "z": z, "y": y}
+        return {"features": f.detach().float(), "z": z, "y": y}
 
     def _log_privacy(self, stage: str) -> None:
         metric = getattr(self, f"{stage}_privacy")

@@ -44,6 +44,7 @@ from typing import Any, Literal
 import torch
 
 from models.hashing.base import HashingModule, label_similarity, sign_codes
+from models.precision import float32
 
 __all__ = ["ADSH", "adsh_dcc_update", "adsh_similarity", "adsh_v_objective", "similar_ratio"]
 
@@ -279,7 +280,8 @@ class ADSH(HashingModule):
             weight = 0.0
         index, labels = index[keep], labels[keep]
         u = self(batch["image"][keep])
-        square, quant = self.adsh_loss(u, labels, self.train_in_database[index])
+        with float32():  # eq. 2: inner products against +-c targets, too coarse in bf16
+            square, quant = self.adsh_loss(u.float(), labels, self.train_in_database[index])
         if weight:
             self.U[index] = u.detach().float()
             self.U_seen[index] = True

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from models.hashing.base import HashingModule, label_similarity, sign_codes
+from models.precision import float32
 
 __all__ = ["DSDH", "dsdh_b_objective", "dsdh_dcc_update", "dsdh_w_update"]
 
@@ -210,7 +211,8 @@ class DSDH(HashingModule):
         labels = self._labels(batch)
         index = batch["index"]
         u = self(batch["image"])
-        pairwise, quant = self.dsdh_loss(u, labels, index)
+        with float32():  # the pairwise likelihood of inner products, too coarse in bf16
+            pairwise, quant = self.dsdh_loss(u.float(), labels, index)
         self.U[index] = u.detach().float()
         self.U_seen[index] = True
         loss = pairwise + quant

@@ -32,6 +32,7 @@ from models.metrics import HammingMAP, sign_codes
 from models.ppl.generator import PerturbationGenerator, apply_perturbation, check_epsilon, check_norm
 from models.ppl.losses import affinity_loss, objective_scale, privacy_loss, similarity_matrix
 from models.ppl.surrogate import HashSurrogate
+from models.precision import float32
 
 __all__ = ["PPL"]
 
@@ -243,13 +244,14 @@ class PPL(PrivzooHubMixin, L.LightningModule):
         """
         hp = self.hparams
         z = apply_perturbation(x, self.generator(x))  # eq. 2
-        s = similarity_matrix(labels).to(x.dtype)
-        h_z = self.surrogate(z)
-        jo = affinity_loss(h_z, s)
+        s = similarity_matrix(labels).float()
+        h_z = self.surrogate(z).float()
         # eq. 13: G <- F only through the reversal on the Jp path
-        h_zr = self.surrogate(grad_reverse(z, self.current_lambda())) if reverse else h_z
-        h_x = self.surrogate(x)
-        out = privacy_loss(h_x, h_zr, s, hp.alpha, hp.beta, hp.gamma, hp.bandwidth)
+        h_zr = self.surrogate(grad_reverse(z, self.current_lambda())).float() if reverse else h_z
+        h_x = self.surrogate(x).float()
+        with float32():  # pairwise affinities and the SMMD's Gaussian kernels, too coarse in bf16
+            jo = affinity_loss(h_z, s)
+            out = privacy_loss(h_x, h_zr, s, hp.alpha, hp.beta, hp.gamma, hp.bandwidth)
         out["jo"] = jo
         # eq. 14: J = Jo + Jp, minimised jointly (one step); one global constant keeps it O(1)
         scale = objective_scale(x.shape[0], h_z.shape[1])
@@ -311,7 +313,8 @@ class PPL(PrivzooHubMixin, L.LightningModule):
             )
         if role == "query":
             for name in ("psnr", "ssim"):
-                metrics[name](z.float(), x.float())
+                with float32():
+                    metrics[name](z.float(), x.float())
                 self.log(
                     metrics.prefix + name, metrics[name], add_dataloader_idx=False, batch_size=x.shape[0]
                 )

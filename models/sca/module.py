@@ -39,6 +39,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
 from models.hub import PrivzooHubMixin
+from models.precision import float32
 from models.sca.ambiguation import ambiguate_codes, gap_ratios, purify, quantile_grid, value_quantiles
 from models.sca.index import SupportIntersectionIndex
 from models.sca.metrics import NMSE
@@ -285,8 +286,12 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         return self.encoder(x)
 
     def coefficients(self, f: torch.Tensor) -> torch.Tensor:
-        """Transform coefficients ``W f`` ``[B, maps, L]`` of features ``[B, maps, N]``."""
-        return torch.einsum("mln,bmn->bml", self.transform, f)
+        """Transform coefficients ``W f`` ``[B, maps, L]`` of features ``[B, maps, N]``.
+
+        Float32 under autocast: the support of eq. (2) and the ambiguation statistics are read off them.
+        """
+        with float32():
+            return torch.einsum("mln,bmn->bml", self.transform, f.float())
 
     def _quantize(self, a: torch.Tensor) -> torch.Tensor:
         if not self.hparams.ternary:
@@ -470,15 +475,16 @@ class SCA(PrivzooHubMixin, L.LightningModule):
             sparsities = [sparsities[i] for i in torch.randperm(len(sparsities))[:k].tolist()]
         for s in dict.fromkeys(sparsities):  # a repeated sparsity is decoded once and weighted by its count
             a = self._quantize(sparsify(coeff, s))
-            x_hat = self.decoder(torch.einsum("mnl,bml->bmn", self.reconstruct, a))
-            mse = F.mse_loss(x_hat, x)
-            self.log(f"train/mse_sx{s}", mse.detach(), batch_size=x.shape[0])
-            if self.hparams.ssim_weight:
-                mse = mse + self.hparams.ssim_weight * (1 - ssim_separable(x_hat, x))
+            x_hat = self.decoder(torch.einsum("mnl,bml->bmn", self.reconstruct, a)).float()
+            with float32():  # the SSIM term's local statistics are too coarse in bf16
+                mse = F.mse_loss(x_hat, x)
+                self.log(f"train/mse_sx{s}", mse.detach(), batch_size=x.shape[0])
+                if self.hparams.ssim_weight:
+                    mse = mse + self.hparams.ssim_weight * (1 - ssim_separable(x_hat, x))
             losses.append(mse * sparsities.count(s))
         loss = torch.stack(losses).sum() / len(sparsities)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
-        self._epoch_features.append(f.detach())
+        self._epoch_features.append(f.detach().float())  # the transform stage (eqs. 1, 3) runs in float32
         return loss
 
     def on_train_epoch_start(self) -> None:
@@ -512,14 +518,16 @@ class SCA(PrivzooHubMixin, L.LightningModule):
     def _eval_step(self, batch: dict[str, torch.Tensor], batch_idx: int, metrics: MetricCollection) -> None:
         x = batch["image"]
         codes = self.encode(x)
-        x_hat = self.decode(codes)
-        metrics["nmse"].update(x_hat, x)
-        metrics["ssim"].update(x_hat, x)
+        x_hat = self.decode(codes).float()
+        with float32():
+            metrics["nmse"].update(x_hat, x)
+            metrics["ssim"].update(x_hat, x)
         if self.hparams.sp > 0:
             g = torch.Generator(device=x.device).manual_seed(self.hparams.seed * 1_000_003 + batch_idx)
             public = self.ambiguate(codes, self.hparams.sp, g)
             for attack, images in self.server_attacks(public).items():
-                metrics[f"server_nmse_{attack}"].update(images, x)
+                with float32():
+                    metrics[f"server_nmse_{attack}"].update(images.float(), x)
 
     def _eval_epoch_end(self, metrics: MetricCollection) -> None:
         names = ["nmse", "ssim"] + (
