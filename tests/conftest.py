@@ -36,3 +36,59 @@ def fashion_mnist_dir(tmp_path):
 
     write_mnist_idx(tmp_path / "FashionMNIST" / "raw", n_train=128, n_test=64, gz=False, seed=0)
     return tmp_path
+
+
+# ----------------------------------------------------------------------------------------------------
+# shared factories of tiny models / data (tests take them as fixtures)
+# ----------------------------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_ppl():
+    """``tiny_ppl(**overrides)``: a small PPL (8 bits, 4/4/8/8 generator widths, l_inf epsilon 0.3)."""
+    from models.ppl import PPL
+
+    def make(**kwargs):
+        args = dict(in_chans=1, image_size=28, bits=8, generator_channels=[4, 4, 8, 8], epsilon=0.3)
+        return PPL(**{**args, **kwargs})
+
+    return make
+
+
+@pytest.fixture
+def tiny_sca():
+    """``tiny_sca(**overrides)``: a small SCA (L = 32, Sx = 4, Sp = 8, Sq = 4)."""
+    from models.sca import SCA
+
+    def make(**kwargs):
+        args = dict(
+            channels=[4, 8], code_length=32, sx=4, sp=8, sq=4, num_quantiles=33, transform_iterations=2
+        )
+        return SCA(**{**args, **kwargs})
+
+    return make
+
+
+@pytest.fixture
+def tiny_dm():
+    """``tiny_dm(data_dir, **overrides)``: a retrieval Fashion-MNIST datamodule sized for the fixtures."""
+    from datamodules import FashionMNISTDataModule
+
+    def make(data_dir, **kwargs):
+        args = dict(
+            split="retrieval", num_train=64, num_query=32, num_database=96, batch_size=16, download=False
+        )
+        return FashionMNISTDataModule(data_dir=str(data_dir), **{**args, **kwargs})
+
+    return make
+
+
+def _assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert sa[key].dtype == sb[key].dtype and torch.equal(sa[key], sb[key]), key
+
+
+@pytest.fixture
+def assert_same_state():
+    """``assert_same_state(a, b)``: the two modules have the same state-dict keys, dtypes and values."""
+    return _assert_same_state

@@ -486,13 +486,7 @@ def test_trained_model_round_trips_in_hub_layout(fashion_mnist_dir, tmp_path):
     model.eval()
     folder = tmp_path / "dpfe-tiny"
     model.save_pretrained(folder, model_card_kwargs={"name": "dpfe-tiny", "dataset": "Fashion-MNIST"})
-    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md"}
-    loaded = DPFE.from_pretrained(folder)
-    assert not loaded.training and dict(loaded.hparams) == dict(model.hparams)
-    state, again = model.state_dict(), loaded.state_dict()
-    assert state.keys() == again.keys()
-    for key in state:
-        assert state[key].dtype == again[key].dtype and torch.equal(state[key], again[key]), key
+    loaded = DPFE.from_pretrained(folder)  # the generic contract: tests/test_hub_contract.py
     x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     assert torch.equal(model.extract(x), loaded.extract(x)) and torch.equal(model(x), loaded(x))
     card = (folder / "README.md").read_text()

@@ -5,7 +5,6 @@ import pytest
 import torch
 from fixtures import quiet_trainer
 
-from datamodules import FashionMNISTDataModule
 from models.hashing import (
     ADSH,
     DSDH,
@@ -18,11 +17,6 @@ from models.hashing import (
     sign_codes,
 )
 from models.metrics import hamming_map
-
-
-def tiny_dm(data_dir, **kwargs):
-    args = dict(split="retrieval", num_train=64, num_query=32, num_database=96, batch_size=16, download=False)
-    return FashionMNISTDataModule(data_dir=str(data_dir), **{**args, **kwargs})
 
 
 def tiny_trainer(max_epochs, **kwargs):
@@ -146,7 +140,7 @@ def chance_map(dm):
     ],
     ids=["adsh", "dsdh"],
 )
-def test_fit_then_test_learns_above_chance(fashion_mnist_dir, cls, kwargs):
+def test_fit_then_test_learns_above_chance(tiny_dm, fashion_mnist_dir, cls, kwargs):
     L.seed_everything(0)
     dm = tiny_dm(fashion_mnist_dir)
     model = cls(bits=8, **kwargs)
@@ -163,7 +157,7 @@ def test_fit_then_test_learns_above_chance(fashion_mnist_dir, cls, kwargs):
         assert model.B.shape == (64, 8) and set(model.B.unique().tolist()) == {-1.0, 1.0}
 
 
-def test_adsh_learned_database_codes_and_early_stop(fashion_mnist_dir):
+def test_adsh_learned_database_codes_and_early_stop(tiny_dm, fashion_mnist_dir):
     dm = tiny_dm(fashion_mnist_dir)
     model = ADSH(bits=8, num_samples=None, inner_epochs=1, outer_iterations=2)
     trainer = tiny_trainer(10, limit_train_batches=2)  # stops after 2 outer iterations, not 10 epochs
@@ -175,7 +169,7 @@ def test_adsh_learned_database_codes_and_early_stop(fashion_mnist_dir):
 
 
 @pytest.mark.parametrize("cls", [ADSH, DSDH])
-def test_checkpoint_round_trip_keeps_codes(fashion_mnist_dir, tmp_path, cls):
+def test_checkpoint_round_trip_keeps_codes(tiny_dm, fashion_mnist_dir, tmp_path, cls):
     dm = tiny_dm(fashion_mnist_dir)
     model = cls(bits=8, **({"inner_epochs": 1} if cls is ADSH else {}))
     trainer = tiny_trainer(1, limit_train_batches=2, limit_val_batches=0)

@@ -77,13 +77,6 @@ class TensorArg(PrivzooHubMixin, L.LightningModule):
         self.save_hyperparameters()
 
 
-def assert_same_state(a: nn.Module, b: nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        assert sa[key].dtype == sb[key].dtype and torch.equal(sa[key], sb[key]), key
-
-
 @pytest.fixture
 def saved(tmp_path):
     torch.manual_seed(0)
@@ -93,7 +86,7 @@ def saved(tmp_path):
     return model, folder
 
 
-def test_round_trip_writes_hub_layout_and_loads_strictly_in_eval_mode(saved):
+def test_round_trip_writes_hub_layout_and_loads_strictly_in_eval_mode(saved, assert_same_state):
     model, folder = saved
     assert {p.name for p in folder.iterdir()} == HUB_FILES  # no pickle, nothing else
     config = json.loads((folder / "config.json").read_text())
@@ -140,7 +133,7 @@ def test_tied_weights_stored_once_and_non_persistent_buffers_rebuilt(tmp_path):
     assert torch.equal(loaded(tokens), model.eval()(tokens))
 
 
-def test_save_hyperparameters_in_the_innermost_class_rebuilds_the_subclass(tmp_path):
+def test_save_hyperparameters_in_the_innermost_class_rebuilds_the_subclass(tmp_path, assert_same_state):
     model = Child(width=3, depth=3)
     model.save_pretrained(tmp_path / "child")
     assert json.loads((tmp_path / "child" / "config.json").read_text()) == {"width": 3, "depth": 3}
@@ -164,7 +157,7 @@ def test_lightning_cli_bookkeeping_keys_stay_out_of_config(tmp_path):
     assert ImageClassifier.from_pretrained(tmp_path / "cli").head.out_features == 3
 
 
-def test_pickling_and_deepcopy_keep_working(saved):
+def test_pickling_and_deepcopy_keep_working(saved, assert_same_state):
     model, _ = saved
     for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
         assert_same_state(model, clone)
@@ -290,7 +283,7 @@ def test_weights_without_the_checksum_are_refused_unless_allowed(saved, no_load)
     assert issubclass(UncheckedWeightsError, CorruptFileError)
 
 
-def test_third_party_weights_load_when_allowed(saved):
+def test_third_party_weights_load_when_allowed(saved, assert_same_state):
     model, folder = saved
     _rewrite_weights(folder, lambda t: None)
     assert_same_state(model, ImageClassifier.from_pretrained(folder, allow_unchecked=True))

@@ -35,11 +35,6 @@ def lp(t, norm):
     return t.flatten(1).norm(p=P[norm], dim=1)
 
 
-def tiny_ppl(**kwargs):
-    args = dict(in_chans=1, image_size=28, bits=8, generator_channels=[4, 4, 8, 8], epsilon=0.3)
-    return PPL(**{**args, **kwargs})
-
-
 # ----------------------------------------------------------------------------------------------------
 # generator and the l_p bound
 # ----------------------------------------------------------------------------------------------------
@@ -174,7 +169,7 @@ def _grads(loss, params):
 
 
 @pytest.mark.parametrize("lambda_", [1.0, 0.5])
-def test_grl_gives_g_the_gradient_of_jo_minus_jp_and_f_that_of_jo_plus_jp(lambda_):
+def test_grl_gives_g_the_gradient_of_jo_minus_jp_and_f_that_of_jo_plus_jp(tiny_ppl, lambda_):
     torch.manual_seed(0)
     model = tiny_ppl(lambda_=lambda_)
     x, labels = torch.rand(16, 1, 28, 28), torch.randint(0, 3, (16,))
@@ -198,7 +193,7 @@ def test_grl_gives_g_the_gradient_of_jo_minus_jp_and_f_that_of_jo_plus_jp(lambda
     assert torch.dot(-f_game, f_jo + f_jp) < 0
 
 
-def test_lambda_warmup_starts_without_reversed_gradient():
+def test_lambda_warmup_starts_without_reversed_gradient(tiny_ppl):
     torch.manual_seed(0)
     model = tiny_ppl(lambda_warmup_steps=10)  # not attached to a trainer: step 0, lambda = 0
     assert model.current_lambda() == 0.0
@@ -210,7 +205,7 @@ def test_lambda_warmup_starts_without_reversed_gradient():
     torch.testing.assert_close(g_game, g_jo, atol=1e-6, rtol=1e-4)
 
 
-def test_one_optimizer_step_updates_both_players_with_their_learning_rates():
+def test_one_optimizer_step_updates_both_players_with_their_learning_rates(tiny_ppl):
     torch.manual_seed(0)
     model = tiny_ppl(lr_generator=1e-4, lr_surrogate=1e-3)
     opt = model.configure_optimizers()
@@ -229,7 +224,7 @@ def test_one_optimizer_step_updates_both_players_with_their_learning_rates():
 # public API and bad input
 # ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("norm", ["inf", "2", "1"])
-def test_protect_and_hash(norm):
+def test_protect_and_hash(tiny_ppl, norm):
     torch.manual_seed(0)
     eps = {"inf": 0.3, "2": 2.0, "1": 20.0}[norm]
     model = tiny_ppl(norm=norm, epsilon=eps)
@@ -246,7 +241,7 @@ def test_protect_and_hash(norm):
         assert images.shape == x.shape and images.min() >= 0 and images.max() <= 1
 
 
-def test_hash_maps_zero_to_plus_one():
+def test_hash_maps_zero_to_plus_one(tiny_ppl):
     model = tiny_ppl()
     with torch.no_grad():
         model.surrogate.fc.weight.zero_()
@@ -277,7 +272,7 @@ def test_timm_surrogate_for_rgb():
         ({"surrogate_backbone": "ppl_cnn", "pretrained": True}, "pretrained"),
     ],
 )
-def test_bad_construction_arguments(kwargs, match):
+def test_bad_construction_arguments(tiny_ppl, kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny_ppl(**kwargs)
 
@@ -294,7 +289,7 @@ def test_bad_construction_arguments(kwargs, match):
         (torch.rand(1, 28, 28), r"\[B, C, H, W\]"),
     ],
 )
-def test_bad_images_at_call_time(x, match):
+def test_bad_images_at_call_time(tiny_ppl, x, match):
     model = tiny_ppl()
     for call in (model.protect, model.hash, model):
         with pytest.raises(ValueError, match=match):
@@ -322,7 +317,7 @@ def test_fashion_mnist_config_follows_the_paper():
     ]
 
 
-def test_fit_validate_on_tiny_fashion_mnist(fashion_mnist_dir):
+def test_fit_validate_on_tiny_fashion_mnist(tiny_ppl, fashion_mnist_dir):
     L.seed_everything(0)
     dm = FashionMNISTDataModule(
         data_dir=fashion_mnist_dir,
@@ -402,7 +397,7 @@ def test_surrogate_starts_with_order_one_codes_and_rejects_bad_gain():
         HashSurrogate(1, 16, fc_init_gain=0.0)
 
 
-def test_channels_last_fit_matches_the_default_format(fashion_mnist_dir, tmp_path):
+def test_channels_last_fit_matches_the_default_format(tiny_ppl, fashion_mnist_dir, tmp_path):
     def fit(channels_last: bool) -> PPL:
         L.seed_everything(0)
         dm = FashionMNISTDataModule(
