@@ -350,3 +350,41 @@ def test_demo_writes_cards_then_reproduces_them(tiny_zoo, fashion_mnist_dir, tmp
         demo.main(args + ["--wandb", "disabled"])
     with pytest.raises(zoo.UnknownCheckpointError, match="available: clf-tiny"):
         demo.main(args + ["--only", "nope"])
+
+
+def test_train_zoo_replays_the_recorded_config_end_to_end(cli_run, tmp_path, monkeypatch, capsys):
+    import train_zoo
+
+    monkeypatch.setattr(zoo, "CHECKPOINTS_DIR", tmp_path / "checkpoints")
+    monkeypatch.setattr(zoo, "REGISTRY", {TINY.name: TINY})
+    assert (
+        convert_checkpoint.main([str(cli_run / "checkpoints" / "last.ckpt"), str(zoo.folder(TINY.name))]) == 0
+    )
+    data = cli_run.parents[2] / "data"
+    runs, dest = tmp_path / "runs", tmp_path / "rebuilt"
+    common = ["--data-dir", str(data), "--out", str(runs), "--dest", str(dest)]
+    capsys.readouterr()
+    assert train_zoo.main([*common, "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert f"[clf-tiny] privzoo fit --config={runs / 'clf-tiny' / 'config.yaml'}" in printed
+    assert not runs.exists() and not dest.exists()  # a dry run runs nothing
+    fast = ["--set", "trainer.fast_dev_run=true", "--set", "trainer.logger=false"]
+    assert train_zoo.main([*common, *fast]) == 0
+    rebuilt = ImageClassifier.from_pretrained(dest / "clf-tiny")
+    assert rebuilt.hub_config() == ImageClassifier.from_pretrained(zoo.folder("clf-tiny")).hub_config()
+    (row,) = read_card_metrics(dest / "clf-tiny")
+    assert row["name"] == "acc" and row["source"] == "scripts/train_zoo.py"
+    card = (dest / "clf-tiny" / "README.md").read_text()
+    assert (
+        "rebuilt by scripts/train_zoo.py" in card and "class_path: models.classifier.ImageClassifier" in card
+    )
+    assert read_card_metrics(zoo.folder("clf-tiny")) == []  # the source folder is left as it was
+
+
+def test_train_zoo_names_a_missing_prerequisite(tmp_path, capsys):
+    import train_zoo
+
+    assert train_zoo.main(["--only", "sca-fashion-mnist-sx16", "--out", str(tmp_path)]) == 1
+    assert "pass --from runs/sca/sca-fashion-mnist-sx16-e11.ckpt=CKPT" in capsys.readouterr().err
+    assert train_zoo.main(["--dry-run", "--out", str(tmp_path)]) == 0  # every entry, placeholders shown
+    assert "--from runs/dpfe/attribute/last.ckpt=CKPT" in capsys.readouterr().out
