@@ -21,19 +21,19 @@ Shipping a checkpoint = convert it into ``checkpoints/<name>/`` and add its ``Zo
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import pkgutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import models
 from models.cards import update_card_metrics
-from models.dpfe import pretrained as _dpfe
 from models.hub import HUB_ORG, HubLoadError, PrivzooHubMixin, check_folder
-from models.ppl import pretrained as _ppl
 from models.pretrained import ZooEntry
-from models.sca import pretrained as _sca
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -67,7 +67,19 @@ class UnknownCheckpointError(KeyError):
 # ----------------------------------------------------------------------------------------------------
 # the table: each method declares its entries in models/<method>/pretrained.py; the registry collects them
 # ----------------------------------------------------------------------------------------------------
-_ENTRIES: tuple[ZooEntry, ...] = (*_ppl.ZOO, *_sca.ZOO, *_dpfe.ZOO)
+def _method_entries() -> tuple[ZooEntry, ...]:
+    """The ``ZOO`` tuples of every method package ``models/<method>/pretrained.py``, in package order.
+
+    A new method is found here without editing this file: its folder and its ``pretrained.py`` suffice.
+    """
+    entries: list[ZooEntry] = []
+    for info in sorted(pkgutil.iter_modules(models.__path__), key=lambda i: i.name):
+        if info.ispkg and importlib.util.find_spec(f"models.{info.name}.pretrained") is not None:
+            entries += importlib.import_module(f"models.{info.name}.pretrained").ZOO
+    return tuple(entries)
+
+
+_ENTRIES: tuple[ZooEntry, ...] = _method_entries()
 
 REGISTRY: dict[str, ZooEntry] = {entry.name: entry for entry in _ENTRIES}
 if len(REGISTRY) != len(_ENTRIES):
