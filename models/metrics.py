@@ -652,7 +652,8 @@ def _ideal_dcg(grp: _Groups, cum_discount: Tensor, k: int) -> Tensor:
         pairs = torch.arange(i, min(i + step, out.shape[0]), device=out.device)
         gain = _label_table(grp, pairs, "gain").long()  # [Pc, num_labels]
         # per pair: how many database items have gain v, for v = 0..max_gain
-        count = _weighted_histogram(gain, grp.label_count.expand(gain.shape[0], -1), max_gain + 1)
+        keys = gain + torch.arange(gain.shape[0], device=gain.device).unsqueeze(1) * (max_gain + 1)
+        count = _weighted_histogram(keys, grp.label_count.expand(gain.shape[0], -1), max_gain + 1)
         count = count.flip(1)  # gains in decreasing order: max_gain, ..., 0
         end = count.cumsum(1)
         value = torch.arange(max_gain, -1, -1, device=out.device, dtype=torch.float64)
