@@ -340,8 +340,9 @@ def _distance_histograms(grp: _Groups, kind: str, budget: int) -> tuple[Tensor, 
     bins = grp.bits + 1
     num_pairs, device = grp.pair_code.shape[0], grp.g_codes.device
     num_codes, num_groups = grp.q_codes.shape[0], grp.g_codes.shape[0]
-    if grp.bits <= 20 and (grp.bits + 2) * grp.bits << grp.bits < num_codes * num_groups:
-        n_code = _distance_counts_wht(grp)  # many distinct codes on both sides: cheaper for all 2^bits
+    if grp.bits <= 18 and (grp.bits + 2) * grp.bits << grp.bits < num_codes * num_groups:
+        # many distinct codes on both sides: cheaper for all 2^bits query codes at once (<= 40 MB at 18 bits)
+        n_code = _distance_counts_wht(grp)
     else:
         n_code = torch.empty(num_codes, bins, device=device, dtype=torch.float64)
         step = _key_rows(bins, budget // num_groups)
