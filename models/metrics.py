@@ -279,6 +279,25 @@ def _weighted_histogram(keys: Tensor, weights: Tensor, bins: int) -> Tensor:
     return torch.bincount(keys.view(-1), weights=weights.reshape(-1), minlength=rows * bins).view(rows, bins)
 
 
+def _count_histogram(keys: Tensor, counts: Tensor, bins: int) -> Tensor:
+    """``_weighted_histogram`` with column weights, ``out[i, d] = sum_j counts[j] [keys[i, j] == i * bins
+    + d]``, for ``counts [C]`` positive integer-valued float64; ``[R, bins]`` float64.
+
+    Most distinct codes of spread-out data hold one item: an unweighted count of every column plus a
+    weighted one of the columns holding several items (weight ``count - 1``) is ~2x cheaper than one
+    weighted pass over all of them.
+    """
+    rows = keys.shape[0]
+    multi = (counts > 1).nonzero().squeeze(1)
+    if 2 * multi.numel() > counts.numel():
+        return _weighted_histogram(keys, counts.expand(rows, -1), bins)
+    out = torch.bincount(keys.view(-1), minlength=rows * bins).view(rows, bins).to(torch.float64)
+    if multi.numel():
+        extra = (counts[multi] - 1).expand(rows, -1)
+        out += _weighted_histogram(keys.index_select(1, multi), extra, bins)
+    return out
+
+
 def _packed(codes: Tensor) -> Tensor:
     """``[A]`` int64 key ``sum_b [code_b > 0] 2^b`` of ``[A, bits]`` -1/+1 codes (``bits <= 62``)."""
     shifts = torch.arange(codes.shape[1], device=codes.device, dtype=torch.int64)
@@ -347,8 +366,8 @@ def _distance_histograms(grp: _Groups, kind: str, budget: int) -> tuple[Tensor, 
         n_code = torch.empty(num_codes, bins, device=device, dtype=torch.float64)
         step = _key_rows(bins, budget // num_groups)
         for i in range(0, num_codes, step):
-            d = _hamming(grp.q_codes[i : i + step], grp.g_codes, bins)
-            n_code[i : i + d.shape[0]] = _weighted_histogram(d, grp.g_count.expand(d.shape[0], -1), bins)
+            d = _hamming(grp.q_codes[i : i + step], grp.g_codes, bins, torch.int32)
+            n_code[i : i + d.shape[0]] = _count_histogram(d, grp.g_count, bins)
     w = torch.zeros(num_pairs, bins, device=device, dtype=torch.float64)
     j_codes = grp.g_codes[grp.j_group]
     if grp.label_sets is None:
@@ -366,8 +385,8 @@ def _distance_histograms(grp: _Groups, kind: str, budget: int) -> tuple[Tensor, 
             step = _key_rows(bins, budget // (j1 - j0))
             for i in range(0, size, step):
                 rows = pairs[i : i + step]
-                d = _hamming(grp.q_codes[grp.pair_code[rows]], j_codes[j0:j1], bins)
-                w[rows] = _weighted_histogram(d, grp.j_count[j0:j1].expand(d.shape[0], -1), bins)
+                d = _hamming(grp.q_codes[grp.pair_code[rows]], j_codes[j0:j1], bins, torch.int32)
+                w[rows] = _count_histogram(d, grp.j_count[j0:j1], bins)
     else:
         num_j = j_codes.shape[0]
         step = _key_rows(bins, budget // num_j)

@@ -416,10 +416,12 @@ def test_tie_heavy_codes_match_references(multi_hot, topk):
     )
 
 
+@pytest.mark.parametrize("bits", [6, 12])
 @pytest.mark.parametrize("ties", ["index", "average"])
-def test_random_codes_match_references(ties):
-    # 60 queries x ~64 database codes on 6 bits: the distance counts take the Walsh-Hadamard path
-    qc, ql, dbc, dl = _random_case(60, 300, 6, 4, seed=31)
+def test_random_codes_match_references(ties, bits):
+    # 6 bits: 60 queries x ~64 database codes, the distance counts take the Walsh-Hadamard path;
+    # 12 bits: most database codes hold one item, the histograms count them unweighted
+    qc, ql, dbc, dl = _random_case(60, 300, bits, 4, seed=31)
     reference = naive_ap_index if ties == "index" else _tie_aware_reference
     got = hamming_ap(qc, ql, dbc, dl, ties=ties)
     assert got.tolist() == pytest.approx(reference(*_lists(qc, ql, dbc, dl)), abs=1e-10)
@@ -488,11 +490,13 @@ def naive_ndcg_index(qc, ql, dbc, dl, k=None) -> list[float]:
 
 @pytest.mark.parametrize("multi_hot", [False, True])
 @pytest.mark.parametrize("k", [None, 1, 5, 30, 100, 1000])
-@pytest.mark.parametrize("few_codes", [False, True])
+@pytest.mark.parametrize("few_codes", [False, True, "spread"])
 def test_ndcg_average_equals_sklearn(multi_hot, k, few_codes):
     from sklearn.metrics import ndcg_score
 
-    if few_codes:
+    if few_codes == "spread":  # mostly one item per database code
+        qc, ql, dbc, dl = _random_case(20, 150, 12, 4, seed=51 + (k or 0), multi_hot=multi_hot)
+    elif few_codes:
         qc, ql, dbc, dl = _few_codes_case(20, 150, 8, 6, 4, seed=51 + (k or 0), multi_hot=multi_hot)
     else:
         qc, ql, dbc, dl = _random_case(20, 150, 5, 4, seed=51 + (k or 0), multi_hot=multi_hot)
