@@ -416,11 +416,19 @@ def _index_pass(
     # the per-item arrays are the bulk of the work: keep them small (uint8 distances up to 255 bits)
     dist_dtype = torch.uint8 if bins <= 2**8 else _small_int_dtype(bins)
     out = torch.zeros(num_pairs, device=device, dtype=torch.float64)
+    # spread-out codes (most groups of one item): a matrix product against every item is cheaper than
+    # gathering the per-group distances item by item
+    item_codes = grp.g_codes[grp.db_group] if 2 * grp.g_codes.shape[0] > num_db else None
     for u0 in range(0, num_codes, step):
         u1 = min(u0 + step, num_codes)
-        dist = _hamming(grp.q_codes[u0:u1], grp.g_codes, dtype=dist_dtype).index_select(1, grp.db_group)
+        if item_codes is None:
+            dist = _hamming(grp.q_codes[u0:u1], grp.g_codes, dtype=dist_dtype).index_select(1, grp.db_group)
+        else:
+            dist = _hamming(grp.q_codes[u0:u1], item_codes, dtype=dist_dtype)
         # stable: database-index order is kept inside every tie group
-        ranked = db_label[_stable_argsort_rows(dist, bins)[:, :k]]  # [rows, k] label id at every rank
+        order = _stable_argsort_rows(dist, bins)[:, :k]
+        # [rows, k] label id at every rank (a flat index_select: ~4x faster than advanced indexing on CPU)
+        ranked = db_label.index_select(0, order.reshape(-1)).view(order.shape)
         p0, p1 = pair_bounds[u0], pair_bounds[u1]
         p_step = max(1, budget // k)
         for i in range(p0, p1, p_step):
