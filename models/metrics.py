@@ -1,8 +1,14 @@
 """Retrieval metrics for binary (hashing) codes.
 
 The main entry points are :func:`hamming_map` (a functional, exact mean average precision over Hamming
-ranking of ``{-1, +1}`` codes) and :class:`HammingMAP` (the same as a ``torchmetrics.Metric`` that
-accumulates query and database codes, DDP-safe).
+ranking of ``{-1, +1}`` codes), :func:`hamming_ndcg` (nDCG@k of the same ranking, linear gains) and
+:class:`HammingMAP` / :class:`HammingNDCG` (the same as ``torchmetrics.Metric`` objects that accumulate
+query and database codes, DDP-safe).
+
+Both are computed where the work is: AP and nDCG of a query only depend on its (code, label) pair, and the
+database enters through its distinct codes, so queries are deduplicated by (code, label) and the database
+is grouped by code; tie-aware values come from per-distance histograms (no sort), index-tie values from
+one stable sort per distinct query code. Everything stays on the device of the query codes.
 
 Definitions (``N`` database items, ranking by ascending Hamming distance to the query):
 
@@ -21,14 +27,18 @@ Definitions (``N`` database items, ranking by ascending Hamming distance to the 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-__all__ = ["HammingMAP", "hamming_ap", "hamming_map", "sign_codes"]
+__all__ = ["HammingMAP", "HammingNDCG", "hamming_ap", "hamming_map", "hamming_ndcg", "sign_codes"]
 
 _TIES = ("index", "average")
 # Elements (queries x database items) handled per chunk; ~1M keeps the working set of one chunk within
@@ -94,6 +104,7 @@ def _check_args(
     db_labels: Tensor,
     topk: int | None,
     ties: str,
+    cut_name: str = "topk",
 ) -> None:
     _check_codes(query_codes, "query_codes")
     _check_codes(db_codes, "db_codes")
@@ -116,7 +127,7 @@ def _check_args(
     if ties not in _TIES:
         raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")
     if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk <= 0):
-        raise ValueError(f"topk must be a positive int or None (all of the database), got {topk!r}")
+        raise ValueError(f"{cut_name} must be a positive int or None (all of the database), got {topk!r}")
     if query_codes.shape[0] == 0:
         raise ValueError("no queries: query_codes is empty")
     if db_codes.shape[0] == 0:
@@ -124,65 +135,332 @@ def _check_args(
 
 
 # ----------------------------------------------------------------------------------------------------
-# kernels
+# grouping: queries by (code, label), the database by code and by (code, label)
 # ----------------------------------------------------------------------------------------------------
-def _key_dtype(max_key: int) -> torch.dtype:
-    if max_key < 2**15:
+def _small_int_dtype(max_value: int) -> torch.dtype:
+    if max_value < 2**15:
         return torch.int16
-    if max_key < 2**31:
+    if max_value < 2**31:
         return torch.int32
     return torch.int64
 
 
-def _relevance(q_labels: Tensor, db_labels: Tensor) -> Tensor:
-    """Relevance mask ``[Qc, N]`` (bool) of a chunk of queries against the database."""
-    if q_labels.dim() == 1:
-        return q_labels.unsqueeze(1) == db_labels.unsqueeze(0)
-    # multi-hot (already float 0/1): the shared-label count is an exact small integer
-    return (q_labels @ db_labels.T) > 0.5
+def _unique_codes(codes: Tensor) -> tuple[Tensor, Tensor]:
+    """Distinct rows of ``[N, bits]`` -1/+1 codes: ``(codes [G, bits] float32 -1/+1, inverse [N] int64)``.
 
-
-def _distance_keys(q: Tensor, db_t: Tensor, scale: int) -> Tensor:
-    """Float keys ``scale * (row * (bits + 1) + hamming)`` for a chunk, ``[Qc, N]``.
-
-    ``q`` and ``db_t`` hold exact +-1 floats, so ``q @ db_t`` is an exact integer (also under TF32 or
-    reduced-precision matmul inputs); ``hamming = (bits - q.x) / 2`` is folded into one ``addmm``.
+    Up to 62 bits a code is packed into one int64 (a 1-D ``unique``, much faster than ``unique(dim=0)``).
     """
-    n, bits = q.shape
-    offset = torch.arange(n, device=q.device, dtype=q.dtype).mul_(scale * (bits + 1)).add_(scale * bits / 2)
-    return torch.addmm(offset.unsqueeze(1), q, db_t, alpha=-scale / 2)
+    bits = codes.shape[1]
+    positive = codes > 0
+    if bits <= 62:
+        shifts = torch.arange(bits, device=codes.device, dtype=torch.int64)
+        uniq, inverse = torch.unique(_packed(codes), return_inverse=True)
+        unpacked = (uniq.unsqueeze(1) >> shifts) & 1
+        return unpacked.to(torch.float32).mul_(2).sub_(1), inverse
+    uniq, inverse = torch.unique(positive.to(torch.uint8), dim=0, return_inverse=True)
+    return uniq.to(torch.float32).mul_(2).sub_(1), inverse
 
 
-def _ap_index(q: Tensor, ql: Tensor, db_t: Tensor, dbl: Tensor, k: int, inv_ranks: Tensor) -> Tensor:
-    """Per-query AP@k with ties broken by database index; returns ``[Qc]`` float64."""
-    n, bits = q.shape
-    num_db = db_t.shape[1]
-    keys = _distance_keys(q, db_t, 1).to(_key_dtype(n * (bits + 1))).view(-1)
-    # One stable sort of the flattened chunk by (row, distance): rows stay contiguous and the stable
-    # order keeps database-index order inside every tie group (a single radix pass on CPU for small
-    # keys, far cheaper than a per-row comparison sort).
-    perm = torch.sort(keys, stable=True).indices
-    rel = _relevance(ql, dbl).view(-1).index_select(0, perm).view(n, num_db)[:, :k]
-    hits = rel.cumsum(1, dtype=torch.int32)  # relevant items retrieved up to rank j
-    found = hits[:, -1].to(torch.float64)
-    # sum over relevant ranks j of precision@j = hits_j / j: zero the irrelevant ranks in place, then one
-    # float64 matrix-vector product with 1/j (exact to ~1e-15, and faster than elementwise float ops)
-    total = hits.mul_(rel).to(torch.float64) @ inv_ranks[:k]
+@dataclass
+class _Groups:
+    """Queries deduplicated by (code, label) -- "pairs" -- and the database grouped by code.
+
+    AP and nDCG of a query only depend on its pair; the database enters through its distinct codes
+    (``g_*``), its (code, label) groups (``j_*``) and, for ``ties="index"``, each item's code and label.
+    A "label" is a class id, or for multi-hot labels a distinct label set (``label_sets``).
+    """
+
+    bits: int
+    q_codes: Tensor  # [U, bits] float32 distinct query codes
+    pair_code: Tensor  # [P] int64 index into q_codes, non-decreasing
+    pair_label: Tensor  # [P] int64 label id
+    q_pair: Tensor  # [Q] int64 pair of every query
+    g_codes: Tensor  # [G, bits] float32 distinct database codes
+    g_count: Tensor  # [G] float64 items per distinct code
+    db_group: Tensor  # [N] int64 code group of every item
+    db_label: Tensor  # [N] int64 label id of every item
+    j_group: Tensor  # [J] int64 code group of every (code, label) group, sorted by label then code
+    j_label: Tensor  # [J] int64
+    j_count: Tensor  # [J] float64 items per (code, label) group
+    label_count: Tensor  # [num_labels] float64 database items per label id
+    num_labels: int
+    label_sets: Tensor | None  # [num_labels, L] float32 0/1 label sets (multi-hot), None for class ids
+
+    @property
+    def num_db(self) -> int:
+        return self.db_group.shape[0]
+
+
+def _group(query_codes: Tensor, query_labels: Tensor, db_codes: Tensor, db_labels: Tensor) -> _Groups:
+    device = query_codes.device
+    db_codes, db_labels, query_labels = db_codes.to(device), db_labels.to(device), query_labels.to(device)
+    q_codes, q_code_id = _unique_codes(query_codes)
+    g_codes, db_group = _unique_codes(db_codes)
+    num_q = query_codes.shape[0]
+    if query_labels.dim() == 1:
+        label_sets = None
+        _, label_id = torch.unique(torch.cat([query_labels, db_labels]).to(torch.int64), return_inverse=True)
+    else:
+        both = torch.cat([query_labels != 0, db_labels != 0]).to(torch.uint8)
+        sets, label_id = torch.unique(both, dim=0, return_inverse=True)
+        label_sets = sets.to(torch.float32)
+    q_label, db_label = label_id[:num_q], label_id[num_q:]
+    num_labels = int(label_id.max().item()) + 1
+    pairs, q_pair = torch.unique(q_code_id * num_labels + q_label, return_inverse=True)
+    num_groups = g_codes.shape[0]
+    j_key, j_count = torch.unique(db_label * num_groups + db_group, return_counts=True)
+    return _Groups(
+        bits=query_codes.shape[1],
+        q_codes=q_codes,
+        pair_code=pairs // num_labels,
+        pair_label=pairs % num_labels,
+        q_pair=q_pair,
+        g_codes=g_codes,
+        g_count=torch.bincount(db_group, minlength=num_groups).to(torch.float64),
+        db_group=db_group,
+        db_label=db_label,
+        j_group=j_key % num_groups,
+        j_label=j_key // num_groups,
+        j_count=j_count.to(torch.float64),
+        label_count=torch.bincount(db_label, minlength=num_labels).to(torch.float64),
+        num_labels=num_labels,
+        label_sets=label_sets,
+    )
+
+
+def _hamming(a: Tensor, b: Tensor, row_offset: int = 0, dtype: torch.dtype = torch.int64) -> Tensor:
+    """Hamming distances ``[A, B]`` (int64) of -1/+1 float32 codes ``a [A, bits]`` and ``b [B, bits]``.
+
+    ``a @ b.T`` of exact +-1 floats is an exact integer (also under TF32 or reduced-precision matmul
+    inputs), and ``d = (bits - a . b) / 2``. With ``row_offset = m > 0`` row ``i`` gets ``i * m`` added
+    (histogram keys, folded into the same ``addmm``; exact while the keys stay below ``2**24``). ``dtype``:
+    the integer type of the result.
+    """
+    bias = torch.full((1, 1), a.shape[1] / 2, device=a.device)
+    if row_offset:
+        bias = bias + torch.arange(a.shape[0], device=a.device, dtype=torch.float32).unsqueeze(1) * row_offset
+    return torch.addmm(bias, a, b.T, alpha=-0.5).to(dtype)
+
+
+def _stable_argsort_rows(keys: Tensor, num_values: int) -> Tensor:
+    """Stable argsort of every row of ``keys [R, N]`` (integers in ``[0, num_values)``); ``[R, N]`` int64.
+
+    On CPU numpy's stable argsort of 8/16-bit integers is a radix sort (~4x faster than ``torch.sort``);
+    elsewhere one ``torch.sort`` of the flattened rows (row offsets keep the rows apart).
+    """
+    rows, width = keys.shape
+    if keys.device.type == "cpu" and num_values <= 2**16:
+        small = keys.to(torch.uint8 if num_values <= 2**8 else torch.int32).numpy()
+        small = small if num_values <= 2**8 else small.astype(np.uint16)
+        return torch.from_numpy(np.argsort(small, axis=1, kind="stable"))
+    offset = torch.arange(rows, device=keys.device).unsqueeze(1)
+    flat = (keys + offset * num_values).view(-1).to(_small_int_dtype(rows * num_values))
+    return torch.sort(flat, stable=True).indices.view(rows, width) - offset * width
+
+
+def _label_table(grp: _Groups, pairs: Tensor, kind: str) -> Tensor:
+    """Multi-hot only: ``[Pc, num_labels]`` float64 relevance (``kind="rel"``: 0/1, at least one shared
+    label) or gain (``kind="gain"``: the number of shared labels) of the given pairs against every label
+    set."""
+    assert grp.label_sets is not None
+    shared = (grp.label_sets[grp.pair_label[pairs]] @ grp.label_sets.T).round_()  # exact small integers
+    return (shared > 0.5).to(torch.float64) if kind == "rel" else shared.to(torch.float64)
+
+
+def _key_rows(bins: int, rows: int) -> int:
+    """``rows`` capped so that the float32 histogram keys ``row * bins + d`` stay exact (``< 2**24``)."""
+    return max(1, min(rows, 2**24 // bins - 1))
+
+
+def _weighted_histogram(keys: Tensor, weights: Tensor, bins: int) -> Tensor:
+    """``out[i, d] = sum_j weights[i, j] [keys[i, j] == i * bins + d]`` for ``keys, weights [R, C]``
+    (``keys`` from ``_hamming(..., row_offset=bins)``); ``[R, bins]`` float64."""
+    rows = keys.shape[0]
+    return torch.bincount(keys.view(-1), weights=weights.reshape(-1), minlength=rows * bins).view(rows, bins)
+
+
+def _count_histogram(keys: Tensor, counts: Tensor, bins: int) -> Tensor:
+    """``_weighted_histogram`` with column weights, ``out[i, d] = sum_j counts[j] [keys[i, j] == i * bins
+    + d]``, for ``counts [C]`` positive integer-valued float64; ``[R, bins]`` float64.
+
+    Most distinct codes of spread-out data hold one item: an unweighted count of every column plus a
+    weighted one of the columns holding several items (weight ``count - 1``) is ~2x cheaper than one
+    weighted pass over all of them.
+    """
+    rows = keys.shape[0]
+    multi = (counts > 1).nonzero().squeeze(1)
+    if 2 * multi.numel() > counts.numel():
+        return _weighted_histogram(keys, counts.expand(rows, -1), bins)
+    out = torch.bincount(keys.view(-1), minlength=rows * bins).view(rows, bins).to(torch.float64)
+    if multi.numel():
+        extra = (counts[multi] - 1).expand(rows, -1)
+        out += _weighted_histogram(keys.index_select(1, multi), extra, bins)
+    return out
+
+
+def _packed(codes: Tensor) -> Tensor:
+    """``[A]`` int64 key ``sum_b [code_b > 0] 2^b`` of ``[A, bits]`` -1/+1 codes (``bits <= 62``)."""
+    shifts = torch.arange(codes.shape[1], device=codes.device, dtype=torch.int64)
+    return ((codes > 0).to(torch.int64) << shifts).sum(1)
+
+
+def _walsh_hadamard(x: Tensor) -> Tensor:
+    """Unnormalised Walsh-Hadamard transform along the last dimension (length ``2**b``), exact in int64."""
+    size = x.shape[-1]
+    half = 1
+    while half < size:
+        y = x.reshape(*x.shape[:-1], size // (2 * half), 2, half)
+        x = torch.stack([y[..., 0, :] + y[..., 1, :], y[..., 0, :] - y[..., 1, :]], dim=-2).reshape(x.shape)
+        half *= 2
+    return x
+
+
+def _distance_counts_wht(grp: _Groups) -> Tensor:
+    """Items at every Hamming distance from every distinct query code, ``[U, bits + 1]`` float64.
+
+    MacWilliams identity: with ``f`` the database's count per code and ``F`` its Walsh-Hadamard
+    transform, ``n_d(u) = 2^-b WHT(F(w) K_d(|w|))(u)``, ``K_d`` the Krawtchouk polynomials. ``bits + 2``
+    transforms of length ``2^bits`` give the counts for every possible query code at once; exact in int64.
+    """
+    bits, device = grp.bits, grp.g_codes.device
+    size = 1 << bits
+    f = torch.zeros(size, device=device, dtype=torch.int64)
+    f[_packed(grp.g_codes)] = grp.g_count.to(torch.int64)
+    big_f = _walsh_hadamard(f)
+    w = torch.arange(bits + 1)
+    # K_d(w) = sum_j (-1)^j C(w, j) C(bits - w, d - j), small exact integers (computed in python)
+    kraw = torch.tensor(
+        [
+            [
+                sum((-1) ** j * math.comb(wi, j) * math.comb(bits - wi, d - j) for j in range(d + 1))
+                for wi in w.tolist()
+            ]
+            for d in range(bits + 1)
+        ],
+        dtype=torch.int64,
+        device=device,
+    )  # [bins, bins]
+    weight = (
+        (torch.arange(size, device=device).unsqueeze(1) >> torch.arange(bits, device=device))
+        .bitwise_and_(1)
+        .sum(1)
+    )
+    counts = _walsh_hadamard(big_f.unsqueeze(0) * kraw[:, weight]) >> bits  # [bins, 2^bits]
+    return counts[:, _packed(grp.q_codes)].T.to(torch.float64)
+
+
+def _distance_histograms(grp: _Groups, kind: str, budget: int) -> tuple[Tensor, Tensor]:
+    """Per-pair, per-distance counts: ``n [P, bits + 1]`` (all items at Hamming distance d) and ``w [P,
+    bits + 1]`` (relevant items for ``kind="rel"``, summed gains for ``kind="gain"``), both float64.
+
+    ``n`` comes from the distinct query codes against the distinct database codes; ``w`` from each pair
+    against the (code, label) groups it can match: for class ids only those of its own class.
+    """
+    bins = grp.bits + 1
+    num_pairs, device = grp.pair_code.shape[0], grp.g_codes.device
+    num_codes, num_groups = grp.q_codes.shape[0], grp.g_codes.shape[0]
+    if grp.bits <= 18 and (grp.bits + 2) * grp.bits << grp.bits < num_codes * num_groups:
+        # many distinct codes on both sides: cheaper for all 2^bits query codes at once (<= 40 MB at 18 bits)
+        n_code = _distance_counts_wht(grp)
+    else:
+        n_code = torch.empty(num_codes, bins, device=device, dtype=torch.float64)
+        step = _key_rows(bins, budget // num_groups)
+        for i in range(0, num_codes, step):
+            d = _hamming(grp.q_codes[i : i + step], grp.g_codes, bins, torch.int32)
+            n_code[i : i + d.shape[0]] = _count_histogram(d, grp.g_count, bins)
+    w = torch.zeros(num_pairs, bins, device=device, dtype=torch.float64)
+    j_codes = grp.g_codes[grp.j_group]
+    if grp.label_sets is None:
+        # class ids: a pair only meets the (code, label) groups of its class, one contiguous run of j
+        j_bounds = torch.bincount(grp.j_label, minlength=grp.num_labels).cumsum(0).tolist()
+        order = torch.argsort(grp.pair_label, stable=True)
+        p_sizes = torch.bincount(grp.pair_label, minlength=grp.num_labels).tolist()
+        p_start = 0
+        for label, size in enumerate(p_sizes):
+            j0, j1 = (j_bounds[label - 1] if label else 0), j_bounds[label]
+            pairs = order[p_start : p_start + size]
+            p_start += size
+            if size == 0 or j1 == j0:
+                continue
+            step = _key_rows(bins, budget // (j1 - j0))
+            for i in range(0, size, step):
+                rows = pairs[i : i + step]
+                d = _hamming(grp.q_codes[grp.pair_code[rows]], j_codes[j0:j1], bins, torch.int32)
+                w[rows] = _count_histogram(d, grp.j_count[j0:j1], bins)
+    else:
+        num_j = j_codes.shape[0]
+        step = _key_rows(bins, budget // num_j)
+        for i in range(0, num_pairs, step):
+            rows = torch.arange(i, min(i + step, num_pairs), device=device)
+            d = _hamming(grp.q_codes[grp.pair_code[rows]], j_codes, bins)
+            table = _label_table(grp, rows, kind).gather(1, grp.j_label.expand(rows.shape[0], -1))
+            w[rows] = _weighted_histogram(d, table * grp.j_count, bins)
+    return n_code[grp.pair_code], w
+
+
+def _index_pass(
+    grp: _Groups, k: int, kind: str, budget: int, reduce: Callable[[Tensor, Tensor], Tensor]
+) -> Tensor:
+    """Rank the database by (Hamming distance, index) once per distinct query code and reduce every pair.
+
+    ``reduce(values, pairs)`` gets the ``[Pc, k]`` relevance (bool, class ids / ``kind="rel"``) or gain
+    (float64, multi-hot ``kind="gain"``) of the top-``k`` ranked items of the pairs ``pairs`` and returns
+    ``[Pc]`` float64. Returns ``[P]`` float64.
+    """
+    bins, num_db, device = grp.bits + 1, grp.num_db, grp.g_codes.device
+    num_codes, num_pairs = grp.q_codes.shape[0], grp.pair_code.shape[0]
+    step = max(1, budget // num_db)
+    pair_bounds = [0] + torch.bincount(grp.pair_code, minlength=num_codes).cumsum(0).tolist()
+    label_dtype = _small_int_dtype(grp.num_labels)
+    db_label = grp.db_label.to(label_dtype)
+    # the per-item arrays are the bulk of the work: keep them small (uint8 distances up to 255 bits)
+    dist_dtype = torch.uint8 if bins <= 2**8 else _small_int_dtype(bins)
+    out = torch.zeros(num_pairs, device=device, dtype=torch.float64)
+    # spread-out codes (most groups of one item): a matrix product against every item is cheaper than
+    # gathering the per-group distances item by item
+    item_codes = grp.g_codes[grp.db_group] if 2 * grp.g_codes.shape[0] > num_db else None
+    for u0 in range(0, num_codes, step):
+        u1 = min(u0 + step, num_codes)
+        if item_codes is None:
+            dist = _hamming(grp.q_codes[u0:u1], grp.g_codes, dtype=dist_dtype).index_select(1, grp.db_group)
+        else:
+            dist = _hamming(grp.q_codes[u0:u1], item_codes, dtype=dist_dtype)
+        # stable: database-index order is kept inside every tie group
+        order = _stable_argsort_rows(dist, bins)[:, :k]
+        # [rows, k] label id at every rank (a flat index_select: ~4x faster than advanced indexing on CPU)
+        ranked = db_label.index_select(0, order.reshape(-1)).view(order.shape)
+        p0, p1 = pair_bounds[u0], pair_bounds[u1]
+        p_step = max(1, budget // k)
+        for i in range(p0, p1, p_step):
+            pairs = torch.arange(i, min(i + p_step, p1), device=device)
+            if p1 - p0 == u1 - u0:  # one pair per code: the rows are the pairs already
+                labels = ranked[i - p0 : i - p0 + pairs.shape[0]]
+            else:
+                labels = ranked.index_select(0, grp.pair_code[pairs] - u0)
+            if grp.label_sets is None:
+                values = labels == grp.pair_label[pairs].to(label_dtype).unsqueeze(1)
+            else:
+                values = _label_table(grp, pairs, kind).gather(1, labels.long())
+                values = values > 0.5 if kind == "rel" else values
+            out[pairs] = reduce(values, pairs)
+    return out
+
+
+def _ap_of_ranked(rel: Tensor, pairs: Tensor) -> Tensor:
+    """AP of ``[Pc, k]`` bool relevance in rank order: ``(1/M) sum_m m / rank_m`` over the relevant ranks."""
+    hit = rel.nonzero()  # [M, 2] (row, column), row-major: columns ascend within a row
+    found = torch.bincount(hit[:, 0], minlength=rel.shape[0])  # (cheaper than a sum over the bool rows)
+    start = found.cumsum(0) - found
+    m = torch.arange(1, hit.shape[0] + 1, device=rel.device) - start[hit[:, 0]]
+    terms = m.to(torch.float64) / (hit[:, 1] + 1).to(torch.float64)
+    total = torch.zeros(rel.shape[0], device=rel.device, dtype=torch.float64).index_add_(0, hit[:, 0], terms)
     return torch.where(found > 0, total / found.clamp(min=1), torch.zeros_like(total))
 
 
-def _ap_average(q: Tensor, ql: Tensor, db_t: Tensor, dbl: Tensor, k: int, harmonic: Tensor) -> Tensor:
-    """Per-query tie-aware (expected) AP@k from per-distance counts; returns ``[Qc]`` float64."""
-    n, bits = q.shape
-    groups = bits + 1
-    keys = _distance_keys(q, db_t, 2)  # 2 * (row * groups + d)
-    keys.add_(_relevance(ql, dbl))  # + 1 if relevant
-    counts = torch.bincount(keys.to(_key_dtype(2 * n * groups)).view(-1), minlength=2 * n * groups)
-    counts = counts.view(n, groups, 2).to(torch.float64)
-    r = counts[..., 1]  # r_d: relevant items at distance d          [Qc, G]
-    nd = counts.sum(-1)  # n_d: all items at distance d              [Qc, G]
-    s = nd.cumsum(1) - nd  # items ranked before the group          [Qc, G]
-    r_prev = r.cumsum(1) - r  # relevant items ranked before the group  [Qc, G]
+def _ap_from_counts(nd: Tensor, r: Tensor, k: int, harmonic: Tensor) -> Tensor:
+    """Tie-aware (expected) AP@k from per-distance counts ``nd, r [P, bits + 1]`` (float64); ``[P]``."""
+    s = nd.cumsum(1) - nd  # items ranked before the group          [P, G]
+    r_prev = r.cumsum(1) - r  # relevant items ranked before the group  [P, G]
     hs = harmonic[s.long()]
 
     def group_sum(c: Tensor, x: Tensor, nz: Tensor) -> Tensor:
@@ -216,7 +494,7 @@ def _ap_average(q: Tensor, ql: Tensor, db_t: Tensor, dbl: Tensor, k: int, harmon
         c = k - s_c
         x_lo = (c - (n_c - r_c)).clamp(min=0)
         x_hi = torch.minimum(r_c, c)
-        x = torch.arange(int(x_hi.max().item()) + 1, device=q.device, dtype=torch.float64).unsqueeze(0)
+        x = torch.arange(int(x_hi.max().item()) + 1, device=nd.device, dtype=torch.float64).unsqueeze(0)
         valid = (x >= x_lo) & (x <= x_hi)
         xv = torch.where(valid, x, x_lo)  # keep lgamma arguments in range; masked below
 
@@ -247,17 +525,16 @@ def _ap_average(q: Tensor, ql: Tensor, db_t: Tensor, dbl: Tensor, k: int, harmon
     return ap
 
 
-def _prepare(query_codes: Tensor, query_labels: Tensor, db_codes: Tensor, db_labels: Tensor):
-    device = query_codes.device
-    q = query_codes.to(device=device, dtype=torch.float32)
-    db_t = db_codes.to(device=device, dtype=torch.float32).T.contiguous()
-    if query_labels.dim() == 1:
-        ql = query_labels.to(device=device, dtype=torch.int64)
-        dbl = db_labels.to(device=device, dtype=torch.int64)
-    else:
-        ql = (query_labels != 0).to(device=device, dtype=torch.float32)
-        dbl = (db_labels != 0).to(device=device, dtype=torch.float32)
-    return q, ql, db_t, dbl
+def _budget(device: torch.device, chunk_size: int | None, num_db: int) -> int:
+    """Elements (query codes x database items) per chunk: ``chunk_size * N``, or ~1M on CPU / ~16M on
+    accelerators."""
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+            raise ValueError(
+                f"chunk_size must be a positive int or None (chosen from the sizes), got {chunk_size!r}"
+            )
+        return chunk_size * num_db
+    return _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _ACCEL_CHUNK_ELEMENTS
 
 
 def hamming_ap(
@@ -272,6 +549,12 @@ def hamming_ap(
 ) -> Tensor:
     """Per-query average precision over Hamming ranking; see :func:`hamming_map` for the definitions.
 
+    The work is done once per distinct (query code, query label) pair, against the distinct database
+    codes: ``ties="average"`` only needs per-distance counts (two weighted histograms, no sort);
+    ``ties="index"`` sorts the database once per distinct query code (a stable radix sort by distance)
+    and reads every pair's relevant ranks from that order. Everything runs on the device of
+    ``query_codes``.
+
     Args:
         query_codes: ``[Q, bits]`` float or integer tensor of -1/+1.
         query_labels: ``[Q]`` integer class ids or ``[Q, L]`` multi-hot (nonzero = label present).
@@ -279,41 +562,30 @@ def hamming_ap(
         db_labels: ``[N]`` or ``[N, L]``, the same kind as ``query_labels``.
         topk: rank cut ``K`` (AP@K); ``None`` (or ``K >= N``) ranks the whole database.
         ties: ``"index"`` (ties broken by database index) or ``"average"`` (tie-aware expected AP).
-        chunk_size: queries per chunk (bounds memory to ``O(chunk_size * N)``); default picks ~1M pairs
-            per chunk on CPU, ~16M on accelerators.
+        chunk_size: distinct query codes per chunk (memory ``O(chunk_size * N)``); default picks ~1M
+            pairs per chunk on CPU, ~16M on accelerators.
 
     Returns:
         ``[Q]`` float64 tensor, on the device of ``query_codes``.
 
     Raises:
-        ValueError: non -1/+1 codes, mismatched shapes, bad ``ties`` or ``topk``, empty inputs.
+        ValueError: non -1/+1 codes, mismatched shapes, bad ``ties``, ``topk`` or ``chunk_size``, empty
+            inputs.
     """
     _check_args(query_codes, query_labels, db_codes, db_labels, topk, ties)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size <= 0):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    q, ql, db_t, dbl = _prepare(query_codes, query_labels, db_codes, db_labels)
-    num_q, num_db = q.shape[0], db_t.shape[1]
+    budget = _budget(query_codes.device, chunk_size, db_codes.shape[0])
+    num_db = db_codes.shape[0]
     k = num_db if topk is None else min(topk, num_db)
-    if chunk_size is None:
-        budget = _CPU_CHUNK_ELEMENTS if q.device.type == "cpu" else _ACCEL_CHUNK_ELEMENTS
-        chunk_size = max(1, budget // num_db)
-    # the float32 keys (at most 2 * chunk_size * (bits + 1)) must stay exact integers (< 2**24)
-    chunk_size = max(1, min(chunk_size, num_q, 2**23 // (q.shape[1] + 1)))
-    out = []
     with torch.no_grad():
+        grp = _group(query_codes, query_labels, db_codes, db_labels)
         if ties == "index":
-            inv_ranks = torch.arange(1, num_db + 1, device=q.device, dtype=torch.float64).reciprocal_()
-            for i in range(0, num_q, chunk_size):
-                sl = slice(i, i + chunk_size)
-                out.append(_ap_index(q[sl], ql[sl], db_t, dbl, k, inv_ranks))
+            ap = _index_pass(grp, k, "rel", budget, _ap_of_ranked)
         else:
-            harmonic = torch.zeros(num_db + 1, device=q.device, dtype=torch.float64)
-            harmonic[1:] = torch.arange(1, num_db + 1, device=q.device, dtype=torch.float64).reciprocal_()
-            harmonic = harmonic.cumsum(0)  # harmonic[m] = H(m) = sum_{i<=m} 1/i
-            for i in range(0, num_q, chunk_size):
-                sl = slice(i, i + chunk_size)
-                out.append(_ap_average(q[sl], ql[sl], db_t, dbl, k, harmonic))
-    return torch.cat(out)
+            nd, r = _distance_histograms(grp, "rel", budget)
+            harmonic = torch.zeros(num_db + 1, device=nd.device, dtype=torch.float64)
+            harmonic[1:] = torch.arange(1, num_db + 1, device=nd.device, dtype=torch.float64).reciprocal_()
+            ap = _ap_from_counts(nd, r, k, harmonic.cumsum(0))  # harmonic[m] = H(m) = sum_{i<=m} 1/i
+    return ap[grp.q_pair]
 
 
 def hamming_map(
@@ -329,9 +601,10 @@ def hamming_map(
     r"""Exact mean average precision (mAP@K) of Hamming ranking of -1/+1 codes.
 
     For each query the database is ranked by Hamming distance ``d = (bits - q . x) / 2`` (computed by a
-    matrix product, in chunks of queries). ``AP@K = (1 / M_K) sum_{k <= K, item k relevant} precision@k``,
-    ``M_K`` = relevant items within the top ``K`` (``AP = 0`` when ``M_K = 0``); the result is the mean
-    over queries. ``topk=None`` ranks the whole database (the last item included).
+    matrix product of the distinct query codes and the distinct database codes).
+    ``AP@K = (1 / M_K) sum_{k <= K, item k relevant} precision@k``, ``M_K`` = relevant items within the
+    top ``K`` (``AP = 0`` when ``M_K = 0``); the result is the mean over queries. ``topk=None`` ranks the
+    whole database (the last item included).
 
     Ties (equal distances) are resolved by ``ties``:
 
@@ -371,7 +644,8 @@ def hamming_map(
         db_labels: ``[N]`` or ``[N, L]``, the same kind as ``query_labels``.
         topk: rank cut ``K`` for mAP@K (``K > N`` is clamped to ``N``); ``None`` = all of the database.
         ties: ``"index"`` (default) or ``"average"``.
-        chunk_size: queries per chunk (memory ``O(chunk_size * N)``); default picks it from ``N``.
+        chunk_size: distinct query codes per chunk (memory ``O(chunk_size * N)``); default picks it from
+            ``N``.
 
     Returns:
         Scalar float64 tensor, on the device of ``query_codes``.
@@ -392,10 +666,122 @@ def hamming_map(
 
 
 # ----------------------------------------------------------------------------------------------------
+# nDCG@k
+# ----------------------------------------------------------------------------------------------------
+def _ideal_dcg(grp: _Groups, cum_discount: Tensor, k: int) -> Tensor:
+    """Ideal DCG@k of every pair (the database's gains sorted in decreasing order); ``[P]`` float64."""
+    capped = lambda m: cum_discount[m.clamp(max=k).long()]  # noqa: E731 -- sum of the first min(m, k) discounts
+    if grp.label_sets is None:  # gains 0/1: the relevant items fill the first ranks
+        return capped(grp.label_count[grp.pair_label])
+    max_gain = grp.label_sets.shape[1]
+    out = torch.zeros(grp.pair_code.shape[0], device=cum_discount.device, dtype=torch.float64)
+    step = max(1, _CPU_CHUNK_ELEMENTS // grp.num_labels)
+    for i in range(0, out.shape[0], step):
+        pairs = torch.arange(i, min(i + step, out.shape[0]), device=out.device)
+        gain = _label_table(grp, pairs, "gain").long()  # [Pc, num_labels]
+        # per pair: how many database items have gain v, for v = 0..max_gain
+        keys = gain + torch.arange(gain.shape[0], device=gain.device).unsqueeze(1) * (max_gain + 1)
+        count = _weighted_histogram(keys, grp.label_count.expand(gain.shape[0], -1), max_gain + 1)
+        count = count.flip(1)  # gains in decreasing order: max_gain, ..., 0
+        end = count.cumsum(1)
+        value = torch.arange(max_gain, -1, -1, device=out.device, dtype=torch.float64)
+        out[pairs] = (value * (capped(end) - capped(end - count))).sum(1)
+    return out
+
+
+def _hamming_ndcg_per_query(
+    query_codes: Tensor,
+    query_labels: Tensor,
+    db_codes: Tensor,
+    db_labels: Tensor,
+    k: int | None,
+    ties: str,
+    chunk_size: int | None,
+) -> Tensor:
+    """Per-query nDCG@k, ``[Q]`` float64 (see :func:`hamming_ndcg`)."""
+    _check_args(query_codes, query_labels, db_codes, db_labels, k, ties, cut_name="k")
+    budget = _budget(query_codes.device, chunk_size, db_codes.shape[0])
+    num_db = db_codes.shape[0]
+    kk = num_db if k is None else min(k, num_db)
+    with torch.no_grad():
+        grp = _group(query_codes, query_labels, db_codes, db_labels)
+        device = grp.g_codes.device
+        discount = torch.arange(2, num_db + 2, device=device, dtype=torch.float64).log2_().reciprocal_()
+        discount[kk:] = 0
+        cum_discount = torch.cat([discount.new_zeros(1), discount.cumsum(0)])  # [N + 1]
+        if ties == "index":
+            disc_k = discount[:kk]
+            dcg = _index_pass(grp, kk, "gain", budget, lambda gains, pairs: gains.to(torch.float64) @ disc_k)
+        else:
+            # sklearn's tie-averaged DCG: every tie group gets its mean gain times the summed discounts of
+            # the ranks it occupies (s, s + n], cut at k
+            nd, gain = _distance_histograms(grp, "gain", budget)
+            end = nd.cumsum(1)
+            spans = cum_discount[end.clamp(max=kk).long()] - cum_discount[(end - nd).clamp(max=kk).long()]
+            dcg = torch.where(nd > 0, gain / nd.clamp(min=1) * spans, torch.zeros_like(nd)).sum(1)
+        ideal = _ideal_dcg(grp, cum_discount, kk)
+        ndcg = torch.where(ideal > 0, dcg / ideal.clamp(min=1e-300), torch.zeros_like(dcg))
+    return ndcg[grp.q_pair]
+
+
+def hamming_ndcg(
+    query_codes: Tensor,
+    query_labels: Tensor,
+    db_codes: Tensor,
+    db_labels: Tensor,
+    k: int | None = None,
+    ties: str = "average",
+    *,
+    chunk_size: int | None = None,
+) -> Tensor:
+    r"""Mean nDCG@k of Hamming ranking of -1/+1 codes (Järvelin & Kekäläinen, TOIS 2002).
+
+    For each query the database is ranked by ascending Hamming distance. The gain of an item is linear:
+    1 when it shares the query's class (class ids), or the number of labels it shares with the query
+    (multi-hot). ``DCG@k = sum_{j <= k} gain_j / log2(j + 1)``; the ideal DCG@k takes the database's
+    gains in decreasing order; ``nDCG@k = DCG@k / IDCG@k`` (0 when the query has no relevant item), and
+    the result is the mean over queries.
+
+    Ties (equal distances) are resolved by ``ties``:
+
+    * ``"average"`` (default): every tie group occupying ranks ``(s, s + n]`` contributes its mean gain
+      times ``sum_{s < j <= min(s + n, k)} 1 / log2(j + 1)`` -- the expected DCG over a random order in
+      the group, and exactly scikit-learn's ``ndcg_score(y_true, -distance, k=k, ignore_ties=False)``.
+      Needs per-distance counts only.
+    * ``"index"``: ties broken by database index (a stable sort), deterministic.
+
+    Args:
+        query_codes: ``[Q, bits]`` float or integer tensor of -1/+1.
+        query_labels: ``[Q]`` integer class ids or ``[Q, L]`` multi-hot (nonzero = label present).
+        db_codes: ``[N, bits]`` float or integer tensor of -1/+1.
+        db_labels: ``[N]`` or ``[N, L]``, the same kind as ``query_labels``.
+        k: rank cut (``k > N`` is clamped to ``N``); ``None`` = all of the database.
+        ties: ``"average"`` or ``"index"``.
+        chunk_size: distinct query codes per chunk (memory ``O(chunk_size * N)``).
+
+    Returns:
+        Scalar float64 tensor, on the device of ``query_codes``.
+
+    Raises:
+        ValueError: codes that are not all -1/+1, shape mismatches, ``ties`` not in
+            ``("index", "average")``, ``k <= 0``, empty query set or database.
+
+    Example:
+        >>> q = torch.tensor([[1, 1]])
+        >>> db = torch.tensor([[1, 1], [-1, -1], [1, -1]])
+        >>> hamming_ndcg(q, torch.tensor([0]), db, torch.tensor([1, 0, 0]), k=2)  # relevant at 2 and 3
+        tensor(0.3869, dtype=torch.float64)
+    """
+    return _hamming_ndcg_per_query(
+        query_codes, query_labels, db_codes, db_labels, k=k, ties=ties, chunk_size=chunk_size
+    ).mean()
+
+
+# ----------------------------------------------------------------------------------------------------
 # torchmetrics wrapper
 # ----------------------------------------------------------------------------------------------------
-class HammingMAP(Metric):
-    """mAP@K of Hamming ranking as a ``torchmetrics`` metric (see :func:`hamming_map`).
+class _HammingRankingMetric(Metric):
+    """Accumulates query and database codes for a Hamming-ranking metric (``HammingMAP``, ``HammingNDCG``).
 
     Query and database items are accumulated separately: ``update(codes, labels, role="query")`` and
     ``update(codes, labels, role="database")`` (or the aliases :meth:`update_query` and
@@ -407,33 +793,20 @@ class HammingMAP(Metric):
     indices (``DistributedSampler`` pads the last batch by repeating items). Without ``index`` the items
     keep their accumulation order; mixing the two is an error.
 
-    Calling the metric (``forward``) only accumulates and returns ``None``: the mAP of a single batch
+    Calling the metric (``forward``) only accumulates and returns ``None``: the value of a single batch
     against nothing is not defined.
-
-    Args:
-        topk: rank cut ``K`` (``None`` = all of the database).
-        ties: ``"index"`` or ``"average"``.
-        **kwargs: forwarded to ``torchmetrics.Metric``.
-
-    Example:
-        >>> metric = HammingMAP()
-        >>> metric.update(torch.tensor([[1, 1, -1]]), torch.tensor([0]), role="query")
-        >>> metric.update(torch.tensor([[1, 1, 1], [-1, -1, -1]]), torch.tensor([0, 1]), role="database")
-        >>> metric.compute()
-        tensor(1., dtype=torch.float64)
     """
 
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, topk: int | None = None, ties: str = "index", **kwargs: Any) -> None:
+    def __init__(self, cut: int | None, ties: str, cut_name: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if ties not in _TIES:
             raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")
-        if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk <= 0):
-            raise ValueError(f"topk must be a positive int or None (all of the database), got {topk!r}")
-        self.topk = topk
+        if cut is not None and (isinstance(cut, bool) or not isinstance(cut, int) or cut <= 0):
+            raise ValueError(f"{cut_name} must be a positive int or None (all of the database), got {cut!r}")
         self.ties = ties
         for role in ("query", "db"):
             self.add_state(f"{role}_codes", default=[], dist_reduce_fx="cat")
@@ -482,8 +855,7 @@ class HammingMAP(Metric):
         """Accumulate only (same arguments as :meth:`update`); returns ``None``."""
         self.update(*args, **kwargs)
 
-    @staticmethod
-    def _ordered(codes: Tensor, labels: Tensor, index: Tensor, role: str) -> tuple[Tensor, Tensor]:
+    def _ordered(self, codes: Tensor, labels: Tensor, index: Tensor, role: str) -> tuple[Tensor, Tensor]:
         known = index >= 0
         if bool(known.all()):
             order = torch.sort(index, stable=True).indices
@@ -493,16 +865,16 @@ class HammingMAP(Metric):
             order = order[first]
             return codes[order], labels[order]
         if bool(known.any()):
-            raise ValueError(f"HammingMAP: pass index for all {role} updates or for none")
+            raise ValueError(f"{type(self).__name__}: pass index for all {role} updates or for none")
         return codes, labels
 
-    def compute(self) -> Tensor:
-        """Return the mAP (scalar float64 tensor) of the accumulated queries against the database."""
+    def _accumulated(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(query_codes, query_labels, db_codes, db_labels)`` of everything accumulated (in index order)."""
         states = {}
         for prefix, role in (("query", "query"), ("db", "database")):
             codes = getattr(self, f"{prefix}_codes")
             if isinstance(codes, list) and not codes:
-                raise ValueError(f"HammingMAP.compute(): no {role} items were given to update()")
+                raise ValueError(f"{type(self).__name__}.compute(): no {role} items were given to update()")
             states[prefix] = self._ordered(
                 dim_zero_cat(codes),
                 dim_zero_cat(getattr(self, f"{prefix}_labels")),
@@ -510,4 +882,63 @@ class HammingMAP(Metric):
                 role,
             )
         (q, ql), (db, dbl) = states["query"], states["db"]
-        return hamming_map(q, ql, db, dbl, topk=self.topk, ties=self.ties)
+        return q, ql, db, dbl
+
+
+class HammingMAP(_HammingRankingMetric):
+    """mAP@K of Hamming ranking as a ``torchmetrics`` metric (see :func:`hamming_map`).
+
+    Accumulation, DDP ordering by ``index`` and ``forward`` as in :class:`HammingNDCG`: ``update(codes,
+    labels, role="query" | "database", index=None)``, then ``compute()``.
+
+    Args:
+        topk: rank cut ``K`` (``None`` = all of the database).
+        ties: ``"index"`` or ``"average"``.
+        **kwargs: forwarded to ``torchmetrics.Metric``.
+
+    Example:
+        >>> metric = HammingMAP()
+        >>> metric.update(torch.tensor([[1, 1, -1]]), torch.tensor([0]), role="query")
+        >>> metric.update(torch.tensor([[1, 1, 1], [-1, -1, -1]]), torch.tensor([0, 1]), role="database")
+        >>> metric.compute()
+        tensor(1., dtype=torch.float64)
+    """
+
+    def __init__(self, topk: int | None = None, ties: str = "index", **kwargs: Any) -> None:
+        super().__init__(topk, ties, "topk", **kwargs)
+        self.topk = topk
+
+    def compute(self) -> Tensor:
+        """Return the mAP (scalar float64 tensor) of the accumulated queries against the database."""
+        return hamming_map(*self._accumulated(), topk=self.topk, ties=self.ties)
+
+
+class HammingNDCG(_HammingRankingMetric):
+    """nDCG@k of Hamming ranking as a ``torchmetrics`` metric (see :func:`hamming_ndcg`).
+
+    Query and database items are accumulated separately: ``update(codes, labels, role="query")`` and
+    ``update(codes, labels, role="database")`` (or :meth:`update_query` / :meth:`update_database`);
+    ``compute()`` ranks every query against the whole database. Under DDP pass the dataset ``index`` of
+    every item, so that the gathered database is put back in index order and sampler padding is dropped
+    (mixing updates with and without ``index`` is an error). ``forward`` only accumulates.
+
+    Args:
+        k: rank cut (``None`` = all of the database).
+        ties: ``"average"`` (scikit-learn's tie-averaged nDCG) or ``"index"``.
+        **kwargs: forwarded to ``torchmetrics.Metric``.
+
+    Example:
+        >>> metric = HammingNDCG(k=2)
+        >>> metric.update(torch.tensor([[1, 1]]), torch.tensor([0]), role="query")
+        >>> metric.update(torch.tensor([[1, 1], [-1, -1], [1, -1]]), torch.tensor([1, 0, 0]), role="database")
+        >>> metric.compute()
+        tensor(0.3869, dtype=torch.float64)
+    """
+
+    def __init__(self, k: int | None = None, ties: str = "average", **kwargs: Any) -> None:
+        super().__init__(k, ties, "k", **kwargs)
+        self.k = k
+
+    def compute(self) -> Tensor:
+        """Return the mean nDCG@k (scalar float64 tensor) of the accumulated queries against the database."""
+        return hamming_ndcg(*self._accumulated(), k=self.k, ties=self.ties)

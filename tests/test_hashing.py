@@ -146,10 +146,12 @@ def test_fit_then_test_learns_above_chance(tiny_dm, fashion_mnist_dir, cls, kwar
     model = cls(bits=8, **kwargs)
     trainer = tiny_trainer(6)
     trainer.fit(model, datamodule=dm)
-    assert "val/map" in trainer.callback_metrics
-    result = trainer.test(model, datamodule=dm, verbose=False)[0]["test/map"]
+    assert "val/map" in trainer.callback_metrics and "val/ndcg_100" in trainer.callback_metrics
+    logged = trainer.test(model, datamodule=dm, verbose=False)[0]
+    result = logged["test/map"]
     assert 0.0 <= result <= 1.0
     assert result > chance_map(dm) + 0.3  # fixture images carry a class pattern: easy to separate
+    assert 0.0 <= logged["test/ndcg_100"] <= 1.0
     if cls is ADSH:
         assert int(model.outer_iteration) == 3 and int(model.omega.sum()) == 48
         assert model.V.shape == (96, 8) and set(model.V.unique().tolist()) == {-1.0, 1.0}

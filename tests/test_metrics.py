@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from models.metrics import HammingMAP, hamming_ap, hamming_map
+from models.metrics import HammingMAP, HammingNDCG, hamming_ap, hamming_map, hamming_ndcg
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -384,3 +384,174 @@ def test_harmonic_identity_used_by_average():
         h1 = sum(1 / (s + u) for u in range(1, n + 1))
         h2 = sum((u - 1) / (s + u) for u in range(1, n + 1))
         assert math.isclose(h2, n - (s + 1) * h1, abs_tol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------
+# grouped fast paths: tie-heavy codes, the Walsh-Hadamard distance counts
+# ----------------------------------------------------------------------------------------------------
+def _few_codes_case(num_q, num_db, bits, distinct, classes, seed, multi_hot=False):
+    """Codes drawn from a handful of distinct codes (like trained hashing codes): huge tie groups."""
+    g = torch.Generator().manual_seed(seed)
+    pool = torch.randint(0, 2, (distinct, bits), generator=g) * 2 - 1
+    qc = pool[torch.randint(0, distinct, (num_q,), generator=g)]
+    dbc = pool[torch.randint(0, distinct, (num_db,), generator=g)]
+    _, ql, _, dl = _random_case(num_q, num_db, bits, classes, seed, multi_hot=multi_hot)
+    return qc, ql, dbc, dl
+
+
+@pytest.mark.parametrize("multi_hot", [False, True])
+@pytest.mark.parametrize("topk", [None, 3, 25, 70])
+def test_tie_heavy_codes_match_references(multi_hot, topk):
+    qc, ql, dbc, dl = _few_codes_case(30, 90, 6, 5, 3, seed=21 + (topk or 0), multi_hot=multi_hot)
+    lists = _lists(qc, ql, dbc, dl)
+    assert hamming_ap(qc, ql, dbc, dl, topk=topk).tolist() == pytest.approx(
+        naive_ap_index(*lists, topk=topk), abs=1e-10
+    )
+    # the tie-aware value against a random-order Monte Carlo would be loose; use the exact enumeration on
+    # a subset small enough for it (9 database items from 3 codes)
+    small = _few_codes_case(5, 9, 4, 3, 2, seed=5 + (topk or 0), multi_hot=multi_hot)
+    kk = None if topk is None else min(topk, 9)
+    assert hamming_ap(*small, topk=kk, ties="average").tolist() == pytest.approx(
+        brute_ap_average(*_lists(*small), topk=kk), abs=1e-10
+    )
+
+
+@pytest.mark.parametrize("bits", [6, 12])
+@pytest.mark.parametrize("ties", ["index", "average"])
+def test_random_codes_match_references(ties, bits):
+    # 6 bits: 60 queries x ~64 database codes, the distance counts take the Walsh-Hadamard path;
+    # 12 bits: most database codes hold one item, the histograms count them unweighted
+    qc, ql, dbc, dl = _random_case(60, 300, bits, 4, seed=31)
+    reference = naive_ap_index if ties == "index" else _tie_aware_reference
+    got = hamming_ap(qc, ql, dbc, dl, ties=ties)
+    assert got.tolist() == pytest.approx(reference(*_lists(qc, ql, dbc, dl)), abs=1e-10)
+    # chunking does not change anything
+    assert torch.allclose(got, hamming_ap(qc, ql, dbc, dl, ties=ties, chunk_size=3), atol=1e-12, rtol=0)
+
+
+def _tie_aware_reference(qc, ql, dbc, dbl) -> list[float]:
+    """Tie-aware AP@all by an explicit sum over ranks (no harmonic numbers, no enumeration)."""
+    out = []
+    for c, y in zip(qc, ql, strict=True):
+        dist, rel = _distances_and_rel(c, y, dbc, dbl)
+        total, before, before_rel = 0.0, 0, 0
+        for d in sorted(set(dist)):
+            n = sum(1 for x in dist if x == d)
+            r = sum(1 for x, f in zip(dist, rel, strict=True) if x == d and f)
+            for j in range(before + 1, before + n + 1):
+                pair = (j - before - 1) * (r - 1) / (n - 1) if n > 1 else 0.0
+                total += r / n * (before_rel + 1 + pair) / j
+            before, before_rel = before + n, before_rel + r
+        out.append(total / before_rel if before_rel else 0.0)
+    return out
+
+
+def test_walsh_hadamard_counts_equal_direct_histograms():
+    from models import metrics
+
+    qc, ql, dbc, dl = _random_case(40, 500, 7, 3, seed=41)
+    grp = metrics._group(qc, ql, dbc, dl)
+    direct = metrics._weighted_histogram(
+        metrics._hamming(grp.q_codes, grp.g_codes, grp.bits + 1),
+        grp.g_count.expand(grp.q_codes.shape[0], -1),
+        grp.bits + 1,
+    )
+    assert torch.equal(metrics._distance_counts_wht(grp), direct)
+
+
+# ----------------------------------------------------------------------------------------------------
+# nDCG
+# ----------------------------------------------------------------------------------------------------
+def _gains_and_scores(qc, ql, dbc, dl):
+    dist = ((qc.shape[1] - qc.double() @ dbc.double().T) / 2).numpy()
+    if ql.dim() == 1:
+        gains = (ql.unsqueeze(1) == dl.unsqueeze(0)).double().numpy()
+    else:
+        gains = (ql.double() @ dl.double().T).numpy()
+    return gains, -dist
+
+
+def naive_ndcg_index(qc, ql, dbc, dl, k=None) -> list[float]:
+    """nDCG@k with ties broken by database index (python lists in, python floats out)."""
+    out = []
+    for c, y in zip(qc, ql, strict=True):
+        dist = [sum(a != b for a, b in zip(c, x, strict=True)) for x in dbc]
+        gain = [
+            sum(a * b for a, b in zip(y, z, strict=True)) if isinstance(y, list) else float(y == z)
+            for z in dl
+        ]
+        order = sorted(range(len(dbc)), key=lambda j: (dist[j], j))
+        kk = k or len(dbc)
+        dcg = sum(gain[j] / math.log2(r + 2) for r, j in enumerate(order[:kk]))
+        ideal = sum(g / math.log2(r + 2) for r, g in enumerate(sorted(gain, reverse=True)[:kk]))
+        out.append(dcg / ideal if ideal > 0 else 0.0)
+    return out
+
+
+@pytest.mark.parametrize("multi_hot", [False, True])
+@pytest.mark.parametrize("k", [None, 1, 5, 30, 100, 1000])
+@pytest.mark.parametrize("few_codes", [False, True, "spread"])
+def test_ndcg_average_equals_sklearn(multi_hot, k, few_codes):
+    from sklearn.metrics import ndcg_score
+
+    if few_codes == "spread":  # mostly one item per database code
+        qc, ql, dbc, dl = _random_case(20, 150, 12, 4, seed=51 + (k or 0), multi_hot=multi_hot)
+    elif few_codes:
+        qc, ql, dbc, dl = _few_codes_case(20, 150, 8, 6, 4, seed=51 + (k or 0), multi_hot=multi_hot)
+    else:
+        qc, ql, dbc, dl = _random_case(20, 150, 5, 4, seed=51 + (k or 0), multi_hot=multi_hot)
+    gains, scores = _gains_and_scores(qc, ql, dbc, dl)
+    expected = ndcg_score(gains, scores, k=k, ignore_ties=False)
+    assert hamming_ndcg(qc, ql, dbc, dl, k=k).item() == pytest.approx(expected, abs=1e-9)
+    assert hamming_ndcg(qc, ql, dbc, dl, k=k, chunk_size=4).item() == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("multi_hot", [False, True])
+@pytest.mark.parametrize("k", [None, 1, 4, 17])
+def test_ndcg_index_matches_naive_reference(multi_hot, k):
+    qc, ql, dbc, dl = _random_case(10, 40, 4, 3, seed=61 + (k or 0), multi_hot=multi_hot)
+    expected = naive_ndcg_index(*_lists(qc, ql, dbc, dl), k=k)
+    got = hamming_ndcg(qc, ql, dbc, dl, k=k, ties="index")
+    assert got.item() == pytest.approx(sum(expected) / len(expected), abs=1e-10)
+
+
+def test_ndcg_hand_computed_and_edge_cases():
+    q = torch.tensor([[1, 1]])
+    db = torch.tensor([[1, 1], [-1, -1], [1, -1]])  # distances 0, 2, 1
+    dl = torch.tensor([1, 0, 0])  # query class 0: relevant at ranks 2 and 3
+    ideal = 1 + 1 / math.log2(3)
+    for ties in ("index", "average"):  # no ties here
+        assert hamming_ndcg(q, torch.tensor([0]), db, dl, ties=ties).item() == pytest.approx(
+            (1 / math.log2(3) + 1 / 2) / ideal, abs=1e-12
+        )
+        # a class absent from the database scores 0, not NaN; k > N is clamped
+        assert hamming_ndcg(q, torch.tensor([7]), db, dl, k=10, ties=ties).item() == 0.0
+    # a tie group {d=0: two items, one relevant} at ranks 1-2, cut at k=1: mean gain 1/2 times 1/log2(2)
+    db2, dl2 = torch.tensor([[1, 1], [1, 1], [-1, -1]]), torch.tensor([0, 1, 1])
+    assert hamming_ndcg(q, torch.tensor([0]), db2, dl2, k=1).item() == pytest.approx(0.5, abs=1e-12)
+    assert hamming_ndcg(q, torch.tensor([0]), db2, dl2, k=1, ties="index").item() == 1.0
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        hamming_ndcg(q, torch.tensor([0]), db, dl, k=0)
+    with pytest.raises(ValueError, match="ties"):
+        hamming_ndcg(q, torch.tensor([0]), db, dl, ties="mean")
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        HammingNDCG(k=-1)
+
+
+@pytest.mark.parametrize("ties", ["index", "average"])
+@pytest.mark.parametrize("multi_hot", [False, True])
+def test_ndcg_metric_equals_function(ties, multi_hot):
+    qc, ql, dbc, dl = _random_case(20, 70, 5, 4, seed=71, multi_hot=multi_hot)
+    metric = HammingNDCG(k=25, ties=ties)
+    assert metric.higher_is_better is True and metric.full_state_update is False
+    perm = torch.randperm(70, generator=torch.Generator().manual_seed(0))
+    for i in range(0, 70, 16):  # shuffled batches with their dataset index
+        b = perm[i : i + 16]
+        metric.update(dbc[b], dl[b], role="database", index=b)
+    for i in range(0, 20, 8):
+        metric.update_query(qc[i : i + 8].float(), ql[i : i + 8])
+    expected = hamming_ndcg(qc, ql, dbc, dl, k=25, ties=ties)
+    assert metric.compute().item() == pytest.approx(expected.item(), abs=1e-12)
+    metric.reset()
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="HammingNDCG.compute\\(\\): no query"):
+        metric.compute()

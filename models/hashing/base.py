@@ -7,7 +7,8 @@ the query / database domain between clean and protected images.
 
 Validation / test use the retrieval split: loaders ``[query (dataloader_idx 0), database (1)]``; mAP@all of
 Hamming ranking (``models.metrics.HammingMAP``, one metric object per stage) is logged as ``val/map`` and
-``test/map``.
+``test/map``, and nDCG@100 (``models.metrics.HammingNDCG``, tie-averaged) beside it as ``val/ndcg_100`` and
+``test/ndcg_100``.
 
 State that depends on the dataset size (ADSH's database codes ``V``, the per-sample net outputs ``U``,
 DSDH's codes ``B``) lives in *lazy* buffers: created empty at construction, sized from the datamodule in
@@ -25,7 +26,7 @@ from torch import nn
 
 from models.backbones import create_backbone
 from models.hub import PrivzooHubMixin
-from models.metrics import HammingMAP, sign_codes
+from models.metrics import HammingMAP, HammingNDCG, sign_codes
 
 __all__ = ["HashingModule", "label_similarity", "sign_codes"]
 
@@ -68,6 +69,9 @@ class HashingModule(PrivzooHubMixin, L.LightningModule):
         "(the 'victim'). Its mAP on protected images is empirical evidence for PPL, not a guarantee."
     )
 
+    #: rank cut of the nDCG logged next to mAP (``{stage}/ndcg_100``)
+    ndcg_k = 100
+
     #: names of the buffers whose first dimension depends on the data (resized on state-dict load)
     _lazy_buffers: tuple[str, ...] = ()
 
@@ -100,6 +104,8 @@ class HashingModule(PrivzooHubMixin, L.LightningModule):
         # one metric object per stage: torchmetrics syncs them across DDP ranks
         self.val_map = HammingMAP()
         self.test_map = HammingMAP()
+        self.val_ndcg = HammingNDCG(k=self.ndcg_k)
+        self.test_ndcg = HammingNDCG(k=self.ndcg_k)
 
     # ------------------------------------------------------------------ network
     def _check_images(self, x: torch.Tensor) -> None:
@@ -214,29 +220,35 @@ class HashingModule(PrivzooHubMixin, L.LightningModule):
         """Codes of database items (default: ``hash`` of the images; ADSH may use its learned ``V``)."""
         return self.hash(batch["image"])
 
-    def _eval_step(self, batch: dict[str, Any], dataloader_idx: int, metric: HammingMAP) -> None:
+    def _eval_step(self, batch: dict[str, Any], dataloader_idx: int, stage: str) -> None:
         labels = self._labels(batch)
         if dataloader_idx == 0:
-            metric.update(self.hash(batch["image"]), labels, role="query", index=batch["index"])
+            codes, role = self.hash(batch["image"]), "query"
         else:
-            metric.update(self._database_codes(batch), labels, role="database", index=batch["index"])
+            codes, role = self._database_codes(batch), "database"
+        for metric in (getattr(self, f"{stage}_map"), getattr(self, f"{stage}_ndcg")):
+            metric.update(codes, labels, role=role, index=batch["index"])
 
-    def _eval_epoch_end(self, stage: str, metric: HammingMAP) -> None:
-        value = metric.compute()  # synced over DDP ranks by torchmetrics: same value everywhere
-        self.log(f"{stage}/map", value.float(), prog_bar=True)
-        metric.reset()
+    def _eval_epoch_end(self, stage: str) -> None:
+        # synced over DDP ranks by torchmetrics: same values everywhere
+        for name, metric in (
+            ("map", getattr(self, f"{stage}_map")),
+            (f"ndcg_{self.ndcg_k}", getattr(self, f"{stage}_ndcg")),
+        ):
+            self.log(f"{stage}/{name}", metric.compute().float(), prog_bar=name == "map")
+            metric.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx, self.val_map)
+        self._eval_step(batch, dataloader_idx, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx, self.test_map)
+        self._eval_step(batch, dataloader_idx, "test")
 
     def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val", self.val_map)
+        self._eval_epoch_end("val")
 
     def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test", self.test_map)
+        self._eval_epoch_end("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
         return {"index": batch["index"], "codes": self.hash(batch["image"])}
