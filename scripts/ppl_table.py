@@ -181,10 +181,13 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"[{victim} {bits} bits, trained on {domain}] {fit}: {row['map']}")
                 paper = paper_row(args.dataset, bits, victim, domain)
                 rows.append(
-                    {"model": victim.upper(), "trained_on": domain, "map": row["map"], "paper": paper,
-                     "fit_s": row["fit_s"]}
+                    {"model": victim.upper(), "trained_on": domain, "map": row["map"],
+                     "ndcg_100": row["ndcg_100"], "paper": paper, "fit_s": row["fit_s"]}
                 )  # fmt: skip
-        rows.append({"model": "PPL surrogate", "trained_on": "PPL", "map": surrogate["map"], "paper": None})
+        rows.append(
+            {"model": "PPL surrogate", "trained_on": "PPL", "map": surrogate["map"],
+             "ndcg_100": surrogate["ndcg_100"], "paper": None}
+        )  # fmt: skip
         results["bits"][str(bits)] = {
             "ppl": ppl,
             "rows": rows,

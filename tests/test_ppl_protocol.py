@@ -112,12 +112,12 @@ def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, m
         ("PPL surrogate", "PPL"),
     ]
     for r in rows:
-        assert set(r["map"]) == {"C->C", "C->A", "A->C", "A->A"}
-        assert all(0 < v <= 1 for v in r["map"].values())
+        assert set(r["map"]) == set(r["ndcg_100"]) == {"C->C", "C->A", "A->C", "A->A"}
+        assert all(0 < v <= 1 for v in [*r["map"].values(), *r["ndcg_100"].values()])
     q = table["bits"]["8"]["quality"]
     assert 5 < q["psnr"] < 60 and 0 < q["ssim"] < 1
     md = (tmp_path / "out" / "table.md").read_text()
-    assert "| ADSH | A |" in md and "PSNR" in md
+    assert "| ADSH | A |" in md and "PSNR" in md and "nDCG@100" in md
     assert list((tmp_path / "out" / "wandb").glob("offline-run-*"))  # the wandb table + image grid
 
     # evaluating the saved final weights instead of training reproduces the row exactly

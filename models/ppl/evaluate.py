@@ -11,8 +11,15 @@ from collections.abc import Mapping
 
 import torch
 
-from models.metrics import hamming_map
-from models.ppl.protocol import hash_images, image_quality, protect_uint8, scenario_codes, scenario_maps
+from models.metrics import hamming_map, hamming_ndcg
+from models.ppl.protocol import (
+    hash_images,
+    image_quality,
+    protect_uint8,
+    scenario_codes,
+    scenario_maps,
+    scenario_ndcgs,
+)
 
 __all__ = ["victim_metrics", "zoo_metrics"]
 
@@ -27,11 +34,14 @@ def _setup(datamodule):
 
 @torch.no_grad()
 def victim_metrics(victim, datamodule) -> dict[str, float]:
-    """Clean mAP@all of a victim hashing model: ``{"map_cc": ...}``."""
+    """Clean mAP@all and nDCG@100 of a victim hashing model: ``{"map_cc", "ndcg100_cc"}``."""
     query, database = _setup(datamodule)
     pool = query.images
     q, d = hash_images(victim.hash, pool[query.indices]), hash_images(victim.hash, pool[database.indices])
-    return {"map_cc": float(hamming_map(q, query.targets, d, database.targets))}
+    return {
+        "map_cc": float(hamming_map(q, query.targets, d, database.targets)),
+        "ndcg100_cc": float(hamming_ndcg(q, query.targets, d, database.targets, k=100)),
+    }
 
 
 @torch.no_grad()
@@ -47,8 +57,9 @@ def zoo_metrics(model, datamodule, victims: Mapping[str, torch.nn.Module] = {}) 
         victims: zoo name -> victim hashing model.
 
     Returns:
-        ``{"psnr", "ssim", "surrogate_map_cc", ..., "<victim>_map_ca", ...}`` with ``<victim>`` the part of
-        the name before the first ``-`` (e.g. ``adsh_map_ca``).
+        ``{"psnr", "ssim", "surrogate_map_cc", ..., "<victim>_map_ca", ..., "<victim>_ndcg100_ca", ...}``
+        with ``<victim>`` the part of the name before the first ``-`` (e.g. ``adsh_map_ca``); nDCG@100 is
+        tie-averaged.
     """
     query, database = _setup(datamodule)
     pool = query.images
@@ -58,6 +69,11 @@ def zoo_metrics(model, datamodule, victims: Mapping[str, torch.nn.Module] = {}) 
     hashers = {"surrogate": model.hash} | {name.split("-")[0]: v.hash for name, v in victims.items()}
     for prefix, hash_fn in hashers.items():
         codes = scenario_codes(hash_fn, pool, protected, q, d)
-        for name, value in scenario_maps(codes, query.targets, database.targets).items():
-            out[f"{prefix}_map_{name.replace('->', '').lower()}"] = value
+        labels = query.targets, database.targets
+        for metric, values in (
+            ("map", scenario_maps(codes, *labels)),
+            ("ndcg100", scenario_ndcgs(codes, *labels)),
+        ):
+            for name, value in values.items():
+                out[f"{prefix}_{metric}_{name.replace('->', '').lower()}"] = value
     return out
