@@ -29,6 +29,7 @@ from models.dpfe import (
     y_remover_loss,
 )
 from models.dpfe.curve import accuracy_privacy_curve, collect_features, compare_curves, pareto_mask
+from models.grl import grad_reverse
 
 CONFIGS = REPO_ROOT / "configs" / "dpfe"
 
@@ -556,3 +557,26 @@ def test_ddp_pca_init_and_synced_privacy_match_one_process(fashion_mnist_dir):
     one = L.Trainer(devices=1, **common).validate(model, datamodule=dm())[0]
     for key in ("val/lrp", "val/nn_error", "val/rank_mean", "val/z_acc"):
         assert float(ddp.callback_metrics[key]) == pytest.approx(one[key], abs=1e-6), key
+
+
+def test_adversarial_remover_reverses_the_y_gradient_for_the_extractor_only(fashion_mnist_dir):
+    L.seed_everything(0)
+    model = DPFE(
+        stage="dpfe", remover="adversarial", remover_weight=0.5, adversary_hidden=[8], pca_samples=64
+    )
+    assert model.adversary is not None and DPFE(stage="dpfe").adversary is None  # the paper's default
+    x, y = torch.rand(6, 1, 28, 28), torch.arange(6) % 10
+
+    def grads(reverse: bool):
+        model.zero_grad()
+        f = model.extract(x)
+        feats = grad_reverse(f, 0.5) if reverse else f
+        torch.nn.functional.cross_entropy(model.adversary(feats), y).backward()
+        return model.bottleneck.encoder.weight.grad.clone(), model.adversary[0].weight.grad.clone()
+
+    (enc_r, adv_r), (enc, adv) = grads(True), grads(False)
+    torch.testing.assert_close(enc_r, -0.5 * enc)  # the extractor climbs the adversary's loss
+    torch.testing.assert_close(adv_r, adv)  # the adversary descends it
+    _fit_steps(model, fashion_mnist_dir, 2)  # and it trains through the Trainer
+    with pytest.raises(ValueError, match="unknown remover"):
+        DPFE(stage="dpfe", remover="gan")

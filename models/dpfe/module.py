@@ -20,10 +20,12 @@ server side, used by the noise procedure).
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
@@ -33,6 +35,7 @@ from models.dpfe.attributes import attribute_names, fashion_mnist_attribute_tabl
 from models.dpfe.losses import attribute_loss, check_features, y_remover_loss
 from models.dpfe.networks import LinearBottleneck, chain_layers, split_at
 from models.dpfe.privacy import ESTIMATORS, IdentityPrivacy
+from models.grl import grad_reverse
 from models.hub import PrivzooHubMixin
 from models.precision import float32
 
@@ -60,6 +63,10 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
         feature_dim: d, size of the private feature (paper: 10).
         remover_weight: beta-weight of the y-remover (reference code: 0.01); only used by ``stage="dpfe"``.
         margin: contrastive margin (reference code: 10).
+        remover: ``"contrastive"`` (the paper's eq. 7) or ``"adversarial"`` (beyond the paper: a y-classifier
+            on the features, trained through the gradient reversal layer, so the extractor maximises its
+            loss while it minimises it; ``remover_weight`` is the reversal strength).
+        adversary_hidden: hidden widths of the adversarial y-classifier (an MLP; ``[]`` = linear).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         init_from: checkpoint of the previous stage loaded on fit start (``None``: start from scratch).
@@ -119,6 +126,8 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
         feature_dim: int = 10,
         remover_weight: float = 0.01,
         margin: float = 10.0,
+        remover: Literal["contrastive", "adversarial"] = "contrastive",
+        adversary_hidden: list[int] = [64, 64],  # noqa: B006 (read-only, shown by the CLI)
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         init_from: str | None = None,
@@ -137,6 +146,8 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
             )
         if remover_weight < 0 or margin <= 0:
             raise ValueError(f"need remover_weight >= 0 and margin > 0, got {remover_weight}, {margin}")
+        if remover not in ("contrastive", "adversarial"):
+            raise ValueError(f"unknown remover {remover!r}; valid: contrastive (the paper's), adversarial")
         self.attribute_names = attribute_names(dataset, attribute_set)
         k = len(self.attribute_names)
         if dataset == "fashion_mnist":
@@ -160,6 +171,16 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
             else None
         )
         self.head = nn.Linear(self.backbone.num_features, k)
+        self.adversary = None
+        if remover == "adversarial" and stage == "dpfe":
+            classes = num_identities or (10 if dataset == "fashion_mnist" else None)
+            if classes is None:
+                raise ValueError("remover='adversarial' on CelebA needs num_identities (the y classes)")
+            widths = [feature_dim, *adversary_hidden]
+            layers: list[nn.Module] = []
+            for a, b in zip(widths[:-1], widths[1:], strict=True):
+                layers += [nn.Linear(a, b), nn.ReLU()]
+            self.adversary = nn.Sequential(*layers, nn.Linear(widths[-1], classes))
         # paper footnote 4: mean of the per-attribute accuracies (= mean over all sample x attribute hits)
         self.val_acc = MeanMetric()
         self.test_acc = MeanMetric()
@@ -278,19 +299,23 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
             )
 
     def _load_previous_stage(self, path: str) -> bool:
-        """Loads the previous stage's weights; returns whether it held the bottleneck too."""
-        try:  # weights only: a checkpoint is data, never code to unpickle
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except (OSError, RuntimeError, EOFError) as err:
-            raise ValueError(
-                f"init_from={path} is not a readable Lightning checkpoint ({err}): point it at the previous "
-                "stage's last.ckpt"
-            ) from err
-        state = state.get("state_dict", state)
+        """Loads the previous stage's weights (a Lightning checkpoint, or a Hub-layout folder such as a zoo
+        checkpoint); returns whether it held the bottleneck too."""
+        if os.path.isdir(path):  # checked like every Hub folder (strict files, checksum)
+            state = {k: v.to(self.device) for k, v in type(self).from_pretrained(path).state_dict().items()}
+        else:
+            try:  # weights only: a checkpoint is data, never code to unpickle
+                state = torch.load(path, map_location=self.device, weights_only=True)
+            except (OSError, RuntimeError, EOFError) as err:
+                raise ValueError(
+                    f"init_from={path} is not a readable Lightning checkpoint ({err}): point it at the "
+                    "previous stage's last.ckpt or its Hub folder"
+                ) from err
+            state = state.get("state_dict", state)
         own = self.state_dict()
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
-        if unexpected or any(not k.startswith("bottleneck.") for k in missing):
+        if unexpected or any(not k.startswith(("bottleneck.", "adversary.")) for k in missing):
             raise ValueError(
                 f"{path} does not match this model (missing {missing[:5]}, unexpected {unexpected[:5]}): "
                 "init_from must be a checkpoint of the previous stage with the same backbone, cut, "
@@ -303,7 +328,7 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
             )
         self.load_state_dict(state, strict=False)
         rank_zero_info(f"DPFE: loaded {len(state)} tensors from {path}")
-        return not missing
+        return not any(k.startswith("bottleneck.") for k in missing)
 
     @torch.no_grad()
     def _init_pca(self) -> float:
@@ -338,7 +363,14 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
         f = self.extract(batch["image"])
         z_loss = attribute_loss(self.predict_from_features(f), z)  # eq. (7), first term
         loss = z_loss
-        if self.hparams.stage == "dpfe":
+        if self.hparams.stage == "dpfe" and self.adversary is not None:
+            # beyond the paper: min over the adversary, max over the extractor of its y cross-entropy
+            y_logits = self.adversary(grad_reverse(f.float(), self.hparams.remover_weight))
+            y_loss = F.cross_entropy(y_logits.float(), y)
+            loss = z_loss + y_loss
+            self.log("train/y_loss", y_loss)
+            self.log("train/adversary_acc", (y_logits.argmax(1) == y).float().mean())
+        elif self.hparams.stage == "dpfe":
             with float32():  # pairwise distances against the margin, too coarse in bf16
                 y_loss = y_remover_loss(f.float(), y, self.hparams.margin)  # eq. (7), second term
             loss = z_loss + self.hparams.remover_weight * y_loss
