@@ -29,6 +29,58 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
+#: per method (zoo-name prefix): the worst-case families the demo headlines from attacks.json
+ATTACK_HEADLINES = {
+    "sca": (("nmse", {"sx": 16, "sp": 32}), ("ssim", {"sx": 16, "sp": 32})),
+    "dpfe": (("class_accuracy", {}), ("lrp", {})),
+    "ppl": (("map", {"scenario": "C->A", "bits": 16}), ("map_ratio", {"scenario": "A->C", "bits": 16})),
+}
+
+
+def print_attack_headlines(names: list[str]) -> list[dict]:
+    """Per privacy checkpoint: the worst case of ``checkpoints/NAME/attacks.json`` (the full run of
+    ``scripts/attack.py``, read, not re-run) beside the paper's attack as recorded in the card and the
+    paper's number. Returns the printed rows."""
+    from models.cards import read_card_metrics
+
+    rows, lines = [], ["| checkpoint | family | worst case | attack | paper's attack (card) | paper |"]
+    lines.append("|" + " --- |" * 6)
+    for name in names:
+        entry = zoo.get_entry(name)
+        path = entry.folder / "attacks.json"
+        heads = ATTACK_HEADLINES.get(name.split("-")[0])
+        if heads is None or not path.is_file():
+            continue
+        worst = json.loads(path.read_text())["worst_case"]
+        card = {m["name"]: m["value"] for m in read_card_metrics(entry.folder) if m.get("split") == "test"}
+        paper_key = entry.privacy
+        paper_attack = f"{paper_key} {_fmt(card.get(paper_key))}" if paper_key else "—"
+        for metric, setting in heads:
+            match = [
+                r
+                for r in worst
+                if r["metric"] == metric
+                and {k: v for k, v in r["setting"].items() if k != "attacker"} == setting
+            ]
+            if not match:
+                continue
+            r = match[0]
+            family = " ".join([metric] + [f"{k}={v}" for k, v in setting.items()])
+            paper = entry.paper.get(paper_key) if paper_key else None
+            lines.append(
+                f"| {name} | {family} | {r['value']:.4f} | {r['attack']} | {paper_attack} | {_fmt(paper)} |"
+            )
+            rows.append(
+                {"name": name, "family": family, "worst": r, "card": card.get(paper_key), "paper": paper}
+            )
+    if rows:
+        print(
+            "\nPrivacy under attack (worst case over scripts/attack.py's attacks, full run read from "
+            "checkpoints/NAME/attacks.json; all results in attacks.md):\n" + "\n".join(lines)
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -117,6 +169,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"\nresults: {out / 'results.json'}, {out / 'results.md'}"
         + ("" if args.wandb == "disabled" else f", wandb run under {out / 'wandb'} (wandb sync to upload)")
     )
+    print_attack_headlines(names)
     if mismatches:
         raise SystemExit("measured values differ from the model cards:\n  " + "\n  ".join(mismatches))
     return rows

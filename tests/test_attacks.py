@@ -271,3 +271,22 @@ def test_attack_script_end_to_end_and_card_section(fashion_mnist_dir, tmp_path, 
     assert text.count(ATTACKS_START) == 1 and text.count(ATTACKS_END) == 1
     assert "## Privacy under attack" in text and "`knn`" in text
     assert text.index("## Privacy under attack") < text.index("## Threat model and limits")
+
+
+def test_demo_prints_the_worst_case_beside_the_paper(tmp_path, monkeypatch, capsys):
+    from models import zoo
+
+    folder = tmp_path / "dpfe-fashion-mnist"
+    shutil.copytree(zoo.get_entry("dpfe-fashion-mnist").folder, folder)
+    monkeypatch.setattr(zoo, "CHECKPOINTS_DIR", tmp_path)
+    rows = [result("knn", "t", "class_accuracy", 0.61, {}), result("paper_kde", "t", "lrp", 0.2, {})]
+    write_report(build_report("dpfe-fashion-mnist", "Fashion-MNIST", "test", rows), folder)
+    spec = importlib.util.spec_from_file_location("demo_script", REPO_ROOT / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    printed = demo.print_attack_headlines(["dpfe-fashion-mnist", "adsh-fashion-mnist-16bit"])
+    assert [(r["family"], r["worst"]["attack"]) for r in printed] == [
+        ("class_accuracy", "knn"),
+        ("lrp", "paper_kde"),
+    ]
+    assert "Privacy under attack" in capsys.readouterr().out
