@@ -401,7 +401,15 @@ def _attacks_block(report: Mapping[str, Any] | None, source: str | None, weights
             "| metric | setting | worst case | private if | attack | attacker |",
             "| --- | --- | ---: | --- | --- | --- |",
         ]
-        for r in report["worst_case"]:
+
+        def natural(r):  # metric, then numeric settings in numeric order (sp=8 before sp=16)
+            items = [
+                (k, (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)))
+                for k, v in r["setting"].items()
+            ]
+            return r["metric"], [i for i in items if i[0] != "attacker"]
+
+        for r in sorted(report["worst_case"], key=natural):
             setting = ", ".join(f"{k}={v}" for k, v in r["setting"].items() if k != "attacker")
             attacker = ", ".join(f"{k}={v}" for k, v in (r["setting"].get("attacker") or {}).items())
             rows.append(

@@ -269,6 +269,7 @@ def _wandb_table(report: dict, out: Path, mode: str) -> None:
         return
     import wandb
 
+    out.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project="privzoo", name=f"attack-{report['model']}", dir=str(out), mode=mode)
     table = wandb.Table(columns=["attack", "metric", "setting", "value", "private_if", "worst_case"])
     keys = {(r["attack"], r["metric"], str(r["setting"])) for r in report["worst_case"]}
@@ -292,6 +293,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="small sizes (demo / tests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--wandb", choices=["offline", "disabled"], default="offline")
+    parser.add_argument(
+        "--card-only",
+        action="store_true",
+        help="re-render the card from the existing attacks.json, no attacks",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
 
@@ -300,6 +306,17 @@ def main(argv: list[str] | None = None) -> dict:
     from models import zoo
 
     entry = zoo.get_entry(args.name)
+    if args.card_only:
+        import json
+
+        from models.attacks import validate_report
+        from models.cards import update_card_attacks
+
+        report = json.loads((entry.folder / "attacks.json").read_text())
+        validate_report(report)
+        source = f"scripts/attack.py {args.name}"
+        update_card_attacks(entry.folder, report, source=source)
+        return report
     available, privacy_fn = [], None
     if entry.class_path.startswith("models.dpfe"):
         from models.dpfe.privacy import identity_privacy as privacy_fn
@@ -332,7 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
             " --quick" if args.quick else ""
         )
         update_card_attacks(entry.folder, report, source=f"scripts/attack.py {args.name}{flags}")
-    _wandb_table(report, folder, args.wandb)
+    _wandb_table(report, Path("runs") / "attacks" / args.name, args.wandb)
     print(md.read_text())
     print(f"{len(results)} results in {time.perf_counter() - t0:.0f} s: {js}, {md}")
     return report
