@@ -73,10 +73,15 @@ def _batched(fn, images: torch.Tensor, batch_size: int = 1000, **kwargs) -> torc
         )
 
 
-def _settings(model) -> list[dict]:
-    """The release settings to sweep: the cartesian product of ``attack_settings``."""
+def _settings(model, only: dict | None = None) -> list[dict]:
+    """The release settings to sweep: the cartesian product of ``attack_settings`` (``only`` restricts)."""
     out = [{}]
-    for key, values in (getattr(model, "attack_settings", None) or {}).items():
+    declared = dict(getattr(model, "attack_settings", None) or {})
+    for key, values in (only or {}).items():
+        if key not in declared or not set(values) <= set(declared[key]):
+            raise SystemExit(f"--sp {list(values)}: the model declares attack_settings {declared}")
+        declared[key] = tuple(values)
+    for key, values in declared.items():
         out = [{**s, key: v} for s in out for v in values]
     return out
 
@@ -112,7 +117,9 @@ def _who(data: dict, **extra) -> dict:
     }
 
 
-def run_release_attacks(model, attacks: list[str], data: dict, sizes: dict, seed: int, bar, privacy_fn=None):
+def run_release_attacks(
+    model, attacks: list[str], data: dict, sizes: dict, seed: int, bar, privacy_fn=None, only=None
+):
     """Reconstruction, attribute inference and distinguishability on ``model.release`` (SCA, DPFE)."""
     from models.attacks.distinguish import ks_attack, noise_classifier_attack
     from models.attacks.inference import probe_attack
@@ -126,7 +133,7 @@ def run_release_attacks(model, attacks: list[str], data: dict, sizes: dict, seed
     mean_nmse = round(mean_image_nmse(xf["fit"], xf["test"]), 4)
     epochs, patience = sizes["epochs"], sizes["patience"]
     out = []
-    for setting in _settings(model):
+    for setting in _settings(model, only):
         rel = {
             "fit": _release(model, x["fit"], setting, seed + 1),
             "holdout": _release(model, x["holdout"], setting, seed + 2),
@@ -217,14 +224,18 @@ def run_retrieval_attacks(model, attacks: list[str], data_dir: str, sizes: dict,
     q_lab, d_lab = labels[q_idx], labels[d_idx]
     out = []
 
-    def record(name, maps, who):
+    def record(name, maps, who, clean_cc):
+        # map_ratio: what the attacker keeps of the retrieval it would have without protection, i.e. the
+        # cross-domain mAP over the C->C mAP of the same architecture trained on CLEAN images (for a
+        # protected-trained victim its own C->C is out of domain and would inflate the ratio)
         spec = ATTACKS[name]
-        who = {**who, "map_cc": round(maps["C->C"], 4), "query": len(q_idx), "database": len(d_idx)}
+        who = {**who, "map_cc": round(maps["C->C"], 4), "clean_trained_map_cc": round(clean_cc, 4)}
+        who |= {"query": len(q_idx), "database": len(d_idx)}
         for scen in ("C->A", "A->C", "A->A"):
             setting = {"scenario": scen, "bits": bits, "attacker": who}
             out.append(result(name, spec.threat, "map", maps[scen], setting))
-            if maps["C->C"] >= MIN_MAP_CC:  # a victim that learned nothing has no meaningful ratio
-                out.append(result(name, spec.threat, "map_ratio", maps[scen] / maps["C->C"], setting))
+            if clean_cc >= MIN_MAP_CC:  # a clean-trained victim that learned nothing gives no ratio
+                out.append(result(name, spec.threat, "map_ratio", maps[scen] / clean_cc, setting))
 
     def evaluate(hash_fn, purification):
         pq = purify(protected[q_idx], purification)
@@ -237,14 +248,15 @@ def run_retrieval_attacks(model, attacks: list[str], data_dir: str, sizes: dict,
             for p in sizes["purifications"]:
                 bar.set_postfix_str(f"{name} {p}")
                 who = {"victim": ADSH_VICTIM, "trained_on": "C", "purification": p}
-                record(name, evaluate(victim.hash, p), who)
+                maps = evaluate(victim.hash, p)
+                record(name, maps, who, maps["C->C"])
             bar.update(1)
             continue
         arch = name.replace("victim_", "")
         # the C-trained victim is trained once and evaluated per purification; an A-trained victim is
         # trained on the purified protected images of the purification it is evaluated with
         runs = [("C", p) for p in sizes["purifications"]] + [("A", p) for p in sizes["a_purifications"]]
-        victim, info = None, {}
+        victim, info, clean_cc = None, {}, 0.0
         for trained_on, p in runs:
             bar.set_postfix_str(f"{name} {trained_on} {p}")
             if trained_on == "A" or victim is None:
@@ -259,7 +271,9 @@ def run_retrieval_attacks(model, attacks: list[str], data_dir: str, sizes: dict,
                 "train_images": len(t_idx),
                 "epochs": info["epochs"],
             }
-            record(name, evaluate(victim.hash, p), who)
+            maps = evaluate(victim.hash, p)
+            clean_cc = maps["C->C"] if trained_on == "C" else clean_cc
+            record(name, maps, who, clean_cc)
         bar.update(1)
     return out
 
@@ -293,6 +307,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="small sizes (demo / tests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--wandb", choices=["offline", "disabled"], default="offline")
+    parser.add_argument("--fit", type=int, default=None, help="attacker's fit images (default: by size)")
+    parser.add_argument("--epochs", type=int, default=None, help="max epochs of the learned attackers")
+    parser.add_argument("--sp", type=int, nargs="+", default=None, help="only these Sp (SCA)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the existing attacks.json results except those of the same attack and family",
+    )
     parser.add_argument(
         "--card-only",
         action="store_true",
@@ -326,29 +348,42 @@ def main(argv: list[str] | None = None) -> dict:
         available.append("victim_fn")
     model = zoo.load(args.name)
     attacks = select_attacks(model, args.attacks, available)
-    sizes = SIZES["quick" if args.quick else "full"]
+    sizes = dict(SIZES["quick" if args.quick else "full"])
+    sizes.update({k: v for k, v in (("fit", args.fit), ("epochs", args.epochs)) if v is not None})
+    only = {"sp": args.sp} if args.sp else None
     t0 = time.perf_counter()
     retrieval = [a for a in attacks if ATTACKS[a].family == "retrieval"]
     other = [a for a in attacks if a not in retrieval]
     results = []
     with tqdm(
-        total=len(retrieval) + len(other) * len(_settings(model)), desc=args.name, unit="attack"
+        total=len(retrieval) + len(other) * len(_settings(model, only)), desc=args.name, unit="attack"
     ) as bar:
         if other:
             data = standard_data(args.data_dir, sizes, args.seed)
-            results += run_release_attacks(model, other, data, sizes, args.seed, bar, privacy_fn)
+            results += run_release_attacks(model, other, data, sizes, args.seed, bar, privacy_fn, only)
         if retrieval:
             results += run_retrieval_attacks(model, retrieval, args.data_dir, sizes, args.seed, bar)
-    report = build_report(args.name, entry.dataset, "test", results)
     folder = Path(args.out) if args.out else entry.folder
+    if args.merge and (folder / "attacks.json").is_file():
+        import json
+
+        from models.attacks.report import family_key
+
+        new = {(r["attack"], family_key(r)) for r in results}
+        old = json.loads((folder / "attacks.json").read_text())["results"]
+        results = [r for r in old if (r["attack"], family_key(r)) not in new] + results
+    report = build_report(args.name, entry.dataset, "test", results)
     js, md = write_report(report, folder)
     if args.out is None or folder.resolve() == entry.folder.resolve():
         from models.cards import update_card_attacks
 
-        flags = (" --attacks " + " ".join(attacks) if args.attacks else "") + (
-            " --quick" if args.quick else ""
-        )
-        update_card_attacks(entry.folder, report, source=f"scripts/attack.py {args.name}{flags}")
+        flags = "".join(
+            f" {flag}" for flag in (argv if argv is not None else sys.argv[1:])[1:] if flag != args.data_dir
+        ).replace(" --data-dir", "")
+        source = f"scripts/attack.py {args.name}{flags}"
+        if args.merge:
+            source = f"scripts/attack.py {args.name} (earlier run), merged with `{source}`"
+        update_card_attacks(entry.folder, report, source=source)
     _wandb_table(report, Path("runs") / "attacks" / args.name, args.wandb)
     print(md.read_text())
     print(f"{len(results)} results in {time.perf_counter() - t0:.0f} s: {js}, {md}")

@@ -290,3 +290,17 @@ def test_demo_prints_the_worst_case_beside_the_paper(tmp_path, monkeypatch, caps
         ("lrp", "paper_kde"),
     ]
     assert "Privacy under attack" in capsys.readouterr().out
+
+
+def test_attack_script_merge_keeps_other_attacks(fashion_mnist_dir, tmp_path):
+    script = _attack_script()
+    argv = ["sca-fashion-mnist-sx16", "--quick", "--data-dir", str(fashion_mnist_dir), "--out", str(tmp_path)]
+    argv += ["--wandb", "disabled", "--sp", "32"]
+    script.main(argv + ["--attacks", "posterior_mean"])
+    report = script.main(argv + ["--attacks", "ks_test", "--merge"])
+    assert {(r["attack"], r["setting"]["sp"]) for r in report["results"]} == {
+        ("posterior_mean", 32),
+        ("ks_test", 32),
+    }
+    with pytest.raises(SystemExit, match="attack_settings"):
+        script.main(argv[:-1] + ["7", "--attacks", "ks_test"])
