@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict:
         ).replace(" --data-dir", "")
         source = f"scripts/attack.py {args.name}{flags}"
         if args.merge:
-            source = f"scripts/attack.py {args.name} (earlier run), merged with `{source}`"
+            source = f"scripts/attack.py {args.name} (earlier run) merged with {source}"
         update_card_attacks(entry.folder, report, source=source)
     _wandb_table(report, Path("runs") / "attacks" / args.name, args.wandb)
     print(md.read_text())
