@@ -34,11 +34,14 @@ __all__ = [
     "GENERIC_THREAT_MODEL",
     "METRICS_END",
     "METRICS_START",
+    "ATTACKS_END",
+    "ATTACKS_START",
     "StaleCardError",
     "check_context",
     "file_sha256",
     "read_card_metrics",
     "render_card",
+    "update_card_attacks",
     "update_card_metrics",
 ]
 
@@ -46,6 +49,8 @@ CARD_NAME = constants.REPOCARD_NAME  # "README.md"
 WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE  # "model.safetensors"
 METRICS_START = "<!-- privzoo:metrics:start -->"
 METRICS_END = "<!-- privzoo:metrics:end -->"
+ATTACKS_START = "<!-- privzoo:attacks:start -->"
+ATTACKS_END = "<!-- privzoo:attacks:end -->"
 
 GENERIC_THREAT_MODEL = (
     "The privacy this model offers is **empirical**: it was measured against the attackers, data and "
@@ -266,6 +271,7 @@ def render_card(
         f"```json\n{json.dumps(dict(config), sort_keys=True, indent=2)}\n```\n\n{cli_part}"
         + (f"\n\n**Training notes**: {context['notes']}" if context.get("notes") else ""),
         "## Metrics\n\n" + _metrics_block([], None),
+        "## Privacy under attack\n\n" + _attacks_block(None, None, None),
         "## Threat model and limits\n\n" + threat,
     ]
     text = "\n\n".join(sections) + "\n"
@@ -373,5 +379,77 @@ def update_card_metrics(
     )
     pattern = re.compile(re.escape(METRICS_START) + ".*?" + re.escape(METRICS_END), flags=re.S)
     card.text = pattern.sub(lambda _: _metrics_block(recorded, sha), card.text, count=1)
+    card.save(folder / CARD_NAME)
+    return card
+
+
+def _attacks_block(report: Mapping[str, Any] | None, source: str | None, weights_sha256: str | None) -> str:
+    if not report:
+        body = (
+            "Not attacked yet. `scripts/attack.py NAME` runs every attack of the model's declared threat "
+            "model and writes the worst case here from `attacks.json`, never by hand."
+        )
+    else:
+        rows = [
+            f"Measured by `{source}` on the {report['dataset']} {report['split']} split (`attacks.json` "
+            "beside the weights, every result in `attacks.md`). Each row is the **worst case** over the "
+            "attacks tried on that (metric, setting) family -- the least private value; attackers train on "
+            "training-split data, disjoint from the evaluated images. Empirical: stronger attacks may do "
+            "better.",
+            "",
+            "| metric | setting | worst case | private if | attack | attacker |",
+            "| --- | --- | ---: | --- | --- | --- |",
+        ]
+
+        def natural(r):  # metric, then numeric settings in numeric order (sp=8 before sp=16)
+            items = [
+                (k, (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)))
+                for k, v in r["setting"].items()
+            ]
+            return r["metric"], [i for i in items if i[0] != "attacker"]
+
+        for r in sorted(report["worst_case"], key=natural):
+            setting = ", ".join(f"{k}={v}" for k, v in r["setting"].items() if k != "attacker")
+            attacker = ", ".join(f"{k}={v}" for k, v in (r["setting"].get("attacker") or {}).items())
+            rows.append(
+                f"| `{r['metric']}` | {setting} | {r['value']:.4f} | {r['private_if']} | `{r['attack']}` | "
+                f"{attacker} |"
+            )
+        body = "\n".join(rows)
+        if weights_sha256:
+            body += f"\n\nAttacked `model.safetensors` with sha256 `{weights_sha256}`."
+    return f"{ATTACKS_START}\n{body}\n{ATTACKS_END}"
+
+
+def update_card_attacks(folder: str | os.PathLike, report: Mapping[str, Any], source: str) -> ModelCard:
+    """Renders the "Privacy under attack" section of a card from an ``attacks.json`` report.
+
+    Replaces the section between :data:`ATTACKS_START` / :data:`ATTACKS_END`; a card written before the
+    section existed gets it inserted before "## Threat model and limits".
+
+    Raises:
+        StaleCardError: ``model.safetensors`` is not the file the card was written for.
+    """
+    folder = Path(folder)
+    card = _load_card(folder)
+    sha = file_sha256(folder / WEIGHTS_NAME)
+    recorded = card.data.privzoo.get("weights_sha256")
+    if recorded != sha:
+        raise StaleCardError(
+            f"{folder / CARD_NAME} was written for model.safetensors with sha256 {recorded}, but the weights "
+            f"have sha256 {sha}: re-save the folder and attack again"
+        )
+    block = _attacks_block(report, source, sha)
+    if ATTACKS_START in card.text and ATTACKS_END in card.text:
+        pattern = re.compile(re.escape(ATTACKS_START) + ".*?" + re.escape(ATTACKS_END), flags=re.S)
+        card.text = pattern.sub(lambda _: block, card.text, count=1)
+    else:
+        section = "## Privacy under attack\n\n" + block + "\n\n"
+        anchor = "## Threat model and limits"
+        card.text = (
+            card.text.replace(anchor, section + anchor, 1)
+            if anchor in card.text
+            else card.text + "\n" + section
+        )
     card.save(folder / CARD_NAME)
     return card

@@ -22,8 +22,65 @@ from models import zoo
 from models.cards import read_card_metrics
 
 
+def card_test_metrics(name: str) -> dict[str, float]:
+    """The test-split metrics recorded in a zoo checkpoint's card."""
+    return {m["name"]: m["value"] for m in read_card_metrics(zoo.folder(name)) if m.get("split") == "test"}
+
+
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
+
+
+#: per method (zoo-name prefix): the worst-case families the demo headlines from attacks.json
+ATTACK_HEADLINES = {
+    "sca": (("nmse", {"sx": 16, "sp": 32}), ("ssim", {"sx": 16, "sp": 32})),
+    "dpfe": (("class_accuracy", {}), ("lrp", {})),
+    "ppl": (("map", {"scenario": "C->A", "bits": 16}), ("map", {"bits": 16}), ("map_ratio", {"bits": 16})),
+}
+# the first family of each method is the one the paper's number is compared with; a family given by a
+# part of its setting (``{"bits": 16}``) headlines the least private of the families that match it
+
+
+def print_attack_headlines(names: list[str]) -> list[dict]:
+    """Per privacy checkpoint: the worst case of ``checkpoints/NAME/attacks.json`` (the full run of
+    ``scripts/attack.py``, read, not re-run) beside the paper's attack as recorded in the card and the
+    paper's number. Returns the printed rows."""
+    rows, lines = [], ["| checkpoint | family | worst case | attack | paper's attack (card) | paper |"]
+    lines.append("|" + " --- |" * 6)
+    for name in names:
+        entry = zoo.get_entry(name)
+        path = zoo.folder(name) / "attacks.json"
+        heads = ATTACK_HEADLINES.get(name.split("-")[0])
+        if heads is None or not path.is_file():
+            continue
+        worst = json.loads(path.read_text())["worst_case"]
+        card = card_test_metrics(name)
+        paper_key = entry.privacy
+        paper_attack = f"{paper_key} {_fmt(card.get(paper_key))}" if paper_key else "—"
+        for i, (metric, setting) in enumerate(heads):
+            match = [
+                r
+                for r in worst
+                if r["metric"] == metric and all(r["setting"].get(k) == v for k, v in setting.items())
+            ]
+            if not match:
+                continue
+            sign = 1 if match[0]["private_if"] == "higher" else -1
+            r = min(match, key=lambda m: sign * m["value"])
+            shown = {k: v for k, v in r["setting"].items() if k != "attacker"}
+            family = " ".join([metric] + [f"{k}={v}" for k, v in shown.items()])
+            paper = entry.paper.get(paper_key) if paper_key and i == 0 else None
+            paper_cells = f"{paper_attack} | {_fmt(paper)}" if i == 0 else " | "
+            lines.append(f"| {name} | {family} | {r['value']:.4f} | {r['attack']} | {paper_cells} |")
+            rows.append(
+                {"name": name, "family": family, "worst": r, "card": card.get(paper_key), "paper": paper}
+            )
+    if rows:
+        print(
+            "\nPrivacy under attack (worst case over scripts/attack.py's attacks, full run read from "
+            "checkpoints/NAME/attacks.json; all results in attacks.md):\n" + "\n".join(lines)
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -48,9 +105,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for name in tqdm(names, desc="checkpoints", unit="ckpt"):
         entry = zoo.get_entry(name)
-        recorded = {
-            m["name"]: m["value"] for m in read_card_metrics(zoo.folder(name)) if m.get("split") == "test"
-        }
+        recorded = card_test_metrics(name)
         t0 = time.perf_counter()
         metrics = zoo.evaluate(
             name, args.data_dir, write_card="scripts/demo.py" if args.write_cards else None
@@ -114,6 +169,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"\nresults: {out / 'results.json'}, {out / 'results.md'}"
         + ("" if args.wandb == "disabled" else f", wandb run under {out / 'wandb'} (wandb sync to upload)")
     )
+    print_attack_headlines(names)
     if mismatches:
         raise SystemExit("measured values differ from the model cards:\n  " + "\n  ".join(mismatches))
     return rows

@@ -113,6 +113,14 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
         "`simple` stage has no y-remover at all: it is the baseline, not a privacy model."
     )
 
+    # threat model of the attack harness (models.attacks, scripts/attack.py): the service provider's view
+    attack_surface = ("reconstruction", "attribute_inference")
+    attack_settings = {}
+
+    def release(self, x: torch.Tensor) -> torch.Tensor:
+        """What is released: the private features ``[B, d]`` of images ``x`` (:meth:`extract`)."""
+        return self.extract(x)
+
     def __init__(
         self,
         stage: Literal["attribute", "simple", "dpfe"] = "dpfe",

@@ -94,6 +94,14 @@ class PPL(PrivzooHubMixin, L.LightningModule):
         "recover more utility from protected images."
     )
 
+    # threat model of the attack harness (models.attacks, scripts/attack.py): a crawler of released images
+    attack_surface = ("retrieval",)
+    attack_settings = {}
+
+    def release(self, x: torch.Tensor) -> torch.Tensor:
+        """What is released: the protected images of ``x`` (:meth:`protect`; 8-bit rounding by the caller)."""
+        return self.protect(x)
+
     def __init__(
         self,
         in_chans: int = 1,

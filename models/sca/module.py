@@ -150,6 +150,14 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         "codes) must be kept secret: whoever holds it reconstructs the image like the authorized user."
     )
 
+    # threat model of the attack harness (models.attacks, scripts/attack.py): what a curious server sees
+    attack_surface = ("reconstruction", "attribute_inference", "distinguishability")
+    attack_settings = {"sx": (16,), "sp": (8, 16, 24, 32)}
+
+    def release(self, x: torch.Tensor, sp: int = 32, sx: int | None = None, generator=None) -> torch.Tensor:
+        """What is released: public codes ``[B, maps * L]`` of images ``x`` (encode at ``sx``, ambiguate)."""
+        return self.ambiguate(self.encode(x, sx=sx), sp, generator)
+
     def __init__(
         self,
         in_chans: int = 1,

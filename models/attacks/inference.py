@@ -1,0 +1,109 @@
+"""Attribute inference: an attacker predicts the sensitive class from released features / codes.
+
+Threat model: the attacker sees the released vectors of the evaluated (test) images and holds its own
+LABELLED images (the training split), which it releases itself with the public release function. It
+trains a linear probe or an MLP (:class:`Probe`, early stopping on a held-out part of its data), or uses
+a k-NN vote over its own releases, and outputs class scores for every evaluated release. Reported: the
+sensitive-class accuracy and the log-rank privacy of its scores
+(:func:`models.attacks.metrics.log_rank_privacy`).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.attacks.metrics import log_rank_privacy
+from models.attacks.training import fit, predict
+
+__all__ = ["PROBES", "Probe", "knn_scores", "probe_attack"]
+
+PROBES = ("linear", "mlp", "knn")
+
+
+class Probe(L.LightningModule):
+    """Linear or one-hidden-layer MLP classifier ``[B, d] -> [B, c]`` (cross-entropy)."""
+
+    def __init__(
+        self, in_dim: int, num_classes: int, arch: str = "linear", hidden: int = 256, lr: float = 1e-3
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if arch == "linear":
+            self.net = nn.Linear(in_dim, num_classes)
+        elif arch == "mlp":
+            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        else:
+            raise ValueError(f"unknown probe arch {arch!r}; valid: linear, mlp")
+
+    def forward(self, z):
+        return self.net(z)
+
+    def training_step(self, batch, batch_idx):
+        z, y = batch
+        return F.cross_entropy(self(z), y)
+
+    def validation_step(self, batch, batch_idx):
+        z, y = batch
+        self.log("val_loss", F.cross_entropy(self(z), y))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+@torch.no_grad()
+def knn_scores(
+    ref: torch.Tensor, ref_labels: torch.Tensor, query: torch.Tensor, num_classes: int, k: int = 10
+) -> torch.Tensor:
+    """Vote counts ``[Nq, c]`` of the ``k`` nearest reference vectors (Euclidean)."""
+    out = []
+    for s in range(0, len(query), 1000):
+        idx = torch.cdist(query[s : s + 1000], ref).topk(k, largest=False).indices
+        votes = torch.zeros(len(idx), num_classes).scatter_add_(1, ref_labels[idx], torch.ones(idx.shape))
+        out.append(votes)
+    return torch.cat(out)
+
+
+def probe_attack(
+    fit_z: torch.Tensor,
+    fit_y: torch.Tensor,
+    holdout_z: torch.Tensor,
+    holdout_y: torch.Tensor,
+    test_z: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    arch: str = "linear",
+    max_epochs: int = 50,
+    patience: int = 3,
+    k: int = 10,
+    seed: int = 0,
+) -> dict:
+    """Trains / applies one attacker on its own labelled releases, scores the evaluated releases.
+
+    Returns:
+        ``{"class_accuracy", "lrp", ...training info}``.
+    """
+    mean, std = fit_z.float().mean(0), fit_z.float().std(0).clamp(min=1e-6)  # attacker-side standardisation
+
+    def norm(z):
+        return (z.float() - mean) / std
+
+    info: dict = {}
+    if arch == "knn":
+        scores = knn_scores(norm(fit_z), fit_y.long(), norm(test_z), num_classes, k)
+        info["k"] = k
+    else:
+        probe = Probe(fit_z.shape[1], num_classes, arch, lr=1e-2 if arch == "linear" else 3e-3)
+        info = fit(
+            probe,
+            (norm(fit_z), fit_y.long()),
+            (norm(holdout_z), holdout_y.long()),
+            max_epochs=max_epochs,
+            patience=patience,
+            seed=seed,
+        )
+        scores = predict(probe, norm(test_z))
+    acc = float((scores.argmax(1) == test_y).float().mean())
+    return {"class_accuracy": acc, "lrp": log_rank_privacy(scores, test_y, num_classes), **info}

@@ -1,0 +1,70 @@
+"""One quiet Lightning fit with early stopping, shared by the learned attackers."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from torch.utils.data import DataLoader, TensorDataset
+
+__all__ = ["fit", "predict"]
+
+
+def fit(
+    module: L.LightningModule,
+    train: tuple[torch.Tensor, ...],
+    holdout: tuple[torch.Tensor, ...],
+    max_epochs: int = 30,
+    batch_size: int = 256,
+    patience: int = 3,
+    seed: int = 0,
+) -> dict:
+    """Fits ``module`` (logs ``val_loss``) on tensors, early stopping on the holdout; restores the best.
+
+    Returns:
+        ``{"epochs", "best_val_loss"}``.
+    """
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    L.seed_everything(seed, workers=False, verbose=False)
+    stop = EarlyStopping("val_loss", patience=patience, mode="min")
+    best = {"loss": float("inf"), "state": None}
+
+    class _KeepBest(L.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            loss = float(trainer.callback_metrics.get("val_loss", float("inf")))
+            if loss < best["loss"] and not trainer.sanity_checking:
+                best["loss"] = loss
+                best["state"] = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[stop, _KeepBest()],
+        accelerator="cpu",
+        devices=1,
+    )
+    g = torch.Generator().manual_seed(seed)
+    trainer.fit(
+        module,
+        DataLoader(TensorDataset(*train), batch_size=batch_size, shuffle=True, generator=g),
+        DataLoader(TensorDataset(*holdout), batch_size=1024),
+    )
+    if best["state"] is not None:
+        module.load_state_dict(best["state"])
+    module.eval()
+    return {"epochs": int(trainer.current_epoch), "best_val_loss": round(best["loss"], 5)}
+
+
+@torch.no_grad()
+def predict(fn, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """``fn`` applied in batches."""
+    return torch.cat([fn(x[s : s + batch_size]) for s in range(0, len(x), batch_size)])
