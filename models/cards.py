@@ -38,6 +38,7 @@ __all__ = [
     "ATTACKS_START",
     "StaleCardError",
     "check_context",
+    "update_card_threat_model",
     "file_sha256",
     "read_card_metrics",
     "render_card",
@@ -451,5 +452,18 @@ def update_card_attacks(folder: str | os.PathLike, report: Mapping[str, Any], so
             if anchor in card.text
             else card.text + "\n" + section
         )
+    card.save(folder / CARD_NAME)
+    return card
+
+
+def update_card_threat_model(folder: str | os.PathLike, text: str) -> ModelCard:
+    """Replaces the "Threat model and limits" section (the card's last) by ``text``, e.g. the class's
+    current ``card_threat_model`` after the attacks it cites were run."""
+    folder = Path(folder)
+    card = _load_card(folder)
+    anchor = "## Threat model and limits\n\n"
+    if anchor not in card.text:
+        raise ValueError(f"{folder / CARD_NAME} has no threat-model section: re-save it with save_pretrained")
+    card.text = card.text[: card.text.index(anchor) + len(anchor)] + text.strip() + "\n"
     card.save(folder / CARD_NAME)
     return card

@@ -330,12 +330,13 @@ def main(argv: list[str] | None = None) -> dict:
         import json
 
         from models.attacks import validate_report
-        from models.cards import update_card_attacks
+        from models.cards import update_card_attacks, update_card_threat_model
 
         report = json.loads((zoo.folder(entry.name) / "attacks.json").read_text())
         validate_report(report)
         source = f"scripts/attack.py {args.name}"
         update_card_attacks(zoo.folder(entry.name), report, source=source)
+        update_card_threat_model(zoo.folder(entry.name), entry.model_class.card_threat_model)
         return report
     available, privacy_fn = [], None
     if entry.model_class.__module__.startswith("models.dpfe"):
@@ -373,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = build_report(args.name, entry.dataset, "test", results)
     js, md = write_report(report, folder)
     if args.out is None or folder.resolve() == zoo.folder(entry.name).resolve():
-        from models.cards import update_card_attacks
+        from models.cards import update_card_attacks, update_card_threat_model
 
         flags = "".join(
             f" {flag}" for flag in (argv if argv is not None else sys.argv[1:])[1:] if flag != args.data_dir
@@ -382,6 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.merge:
             source = f"scripts/attack.py {args.name} (earlier run) merged with {source}"
         update_card_attacks(zoo.folder(entry.name), report, source=source)
+        update_card_threat_model(zoo.folder(entry.name), entry.model_class.card_threat_model)
     _wandb_table(report, Path("runs") / "attacks" / args.name, args.wandb)
     print(md.read_text())
     print(f"{len(results)} results in {time.perf_counter() - t0:.0f} s: {js}, {md}")
