@@ -109,9 +109,9 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
         "knew z exactly and nothing else would guess the class with accuracy (distinct attribute vectors) "
         "/ 10: 0.2 for F, 0.3 for FU, 0.5 for FUW -- the floor that a perfect extractor reaches. "
         "Protection: the y-remover (eq. 7, or the adversarial remover beyond the paper) and Gaussian "
-        "noise N(0, r C) on f (Procedure 2). Limits: the privacy is **empirical**, not a formal guarantee (no "
-        "differential-privacy epsilon); stronger attackers, more auxiliary data or averaging repeated "
-        "noisy releases of one image can recover more. The `simple` stage has no y-remover at all: it is "
+        "noise N(0, r C) on f (Procedure 2). Limits: the privacy is **empirical**, not a formal "
+        "guarantee (no differential-privacy epsilon); stronger attackers, more auxiliary data or "
+        "averaging repeated noisy releases of one image can recover more. The `simple` stage has no y-remover at all: it is "
         "the baseline, not a privacy model."
     )
 
