@@ -111,8 +111,8 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
         "Protection: the y-remover (eq. 7, or the adversarial remover beyond the paper) and Gaussian "
         "noise N(0, r C) on f (Procedure 2). Limits: the privacy is **empirical**, not a formal "
         "guarantee (no differential-privacy epsilon); stronger attackers, more auxiliary data or "
-        "averaging repeated noisy releases of one image can recover more. The `simple` stage has no y-remover at all: it is "
-        "the baseline, not a privacy model."
+        "averaging repeated noisy releases of one image can recover more. The `simple` stage has no "
+        "y-remover at all: it is the baseline, not a privacy model."
     )
 
     # threat model of the attack harness (models.attacks, scripts/attack.py): the service provider's view
