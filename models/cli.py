@@ -11,8 +11,13 @@ the same entry point for a checkout. Both call :func:`main`; :func:`cli_main` bu
 
 Logging defaults to wandb, offline unless wandb is configured on this machine (``WANDB_MODE`` set, or an
 API key from ``wandb login``); offline runs are uploaded later with ``wandb sync <run dir>``.
-Checkpointing keeps ``last.ckpt`` and the best checkpoint by ``checkpoint.monitor`` (set per config);
-``checkpoint.every_n_train_steps`` makes ``last.ckpt`` follow mid-epoch progress, which resumes exactly.
+Checkpointing keeps ``last.ckpt`` and the best checkpoint by ``checkpoint.monitor`` (set per config).
+``last.ckpt`` is written by a second, monitor-less checkpoint callback
+(:class:`callbacks.checkpoint.LastCheckpoint`, which takes over ``checkpoint.save_last``) after every training
+epoch, at the end of the fit (the true last step, after its validation) and, with
+``checkpoint.every_n_train_steps N``, every N steps whatever the monitor says: kill -9 a run, restart the
+same command with ``--ckpt_path last`` and it continues bit-exactly (global random states included).
+``fast_dev_run`` writes no checkpoint.
 
 ``--ckpt_path`` (resume, fine-tune, test): the checkpoint's model hyperparameters fill in every model argument
 that neither a config file nor the command line sets; the ones they set win (stock Lightning 2.6 lets the
@@ -33,6 +38,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
+
+from callbacks.checkpoint import LastCheckpoint
 
 __all__ = ["PrivzooCLI", "cli_main", "main", "trainer_defaults", "wandb_offline_default"]
 
@@ -57,7 +64,11 @@ def wandb_offline_default() -> bool:
 
 
 class PrivzooCLI(LightningCLI):
-    """LightningCLI with privzoo's checkpointing arguments (``--checkpoint.*``)."""
+    """LightningCLI with privzoo's checkpointing arguments (``--checkpoint.*``) and fit guards.
+
+    Adds to every trainer: :class:`callbacks.checkpoint.LastCheckpoint` (``last.ckpt`` whatever the monitor;
+    it takes over ``checkpoint.save_last``).
+    """
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -66,6 +77,14 @@ class PrivzooCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         self._cli_args = args
         super().parse_arguments(parser, args)
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> object:
+        checkpoint = self._get(self.config_init, "checkpoint")
+        if isinstance(checkpoint, ModelCheckpoint) and checkpoint.save_last:
+            # the monitored callback rewrites last.ckpt only when it saves a top-k file: LastCheckpoint does
+            callbacks.append(LastCheckpoint(checkpoint.dirpath, checkpoint._every_n_train_steps))
+            checkpoint.save_last = False
+        return super()._instantiate_trainer(config, callbacks)
 
     def _parse_ckpt_path(self) -> None:
         """The checkpoint's hyperparameters become the model's defaults; config files and flags win.

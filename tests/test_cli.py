@@ -185,3 +185,30 @@ def test_privzoo_console_script_is_the_same_cli():
     ):
         done = subprocess.run([*command, "fit", "--help"], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0 and "--checkpoint.every_n_train_steps" in done.stdout, done.stderr[-2000:]
+
+
+def test_step_checkpoints_ignore_the_monitor_and_last_is_the_true_last_step(fashion_mnist_dir, tmp_path):
+    # the classifier monitors val/acc; no validation at all: the monitored callback never saves
+    folder = tmp_path / "novalid"
+    args = ["--trainer.logger=false", "--checkpoint.every_n_train_steps=2", f"--checkpoint.dirpath={folder}"]
+    cli_main(["fit", *tiny_args(fashion_mnist_dir, *args, "--trainer.limit_val_batches=0")])
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 3  # 96 images, batch 32
+    # every_n_train_steps = steps per epoch: the step-3 file predates the epoch's validation; last.ckpt
+    # is written again after it (the true last state: the epoch and its validation are done in it)
+    folder = tmp_path / "valid"
+    args = ["--trainer.logger=false", "--checkpoint.every_n_train_steps=3", f"--checkpoint.dirpath={folder}"]
+    cli = cli_main(["fit", *tiny_args(fashion_mnist_dir, *args)])
+    state = torch.load(folder / "last.ckpt", weights_only=True)
+    assert state["global_step"] == cli.trainer.global_step == 3
+    loops = state["loops"]["fit_loop"]
+    assert loops["epoch_progress"]["current"]["processed"] == 1  # saved after the epoch, not at step 3
+    assert loops["epoch_loop.val_loop.batch_progress"]["total"]["completed"] == 1
+    assert not (folder / "last-v1.ckpt").exists()
+
+
+def test_fast_dev_run_writes_no_checkpoint(fashion_mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # like a run from the repository root, whose checkpoints/ is the zoo
+    cli_main(["fit", *tiny_args(fashion_mnist_dir, "--trainer.fast_dev_run=true", "--trainer.logger=false")])
+    assert not (tmp_path / "checkpoints").exists()
+    assert not list(tmp_path.rglob("*.ckpt"))
