@@ -212,3 +212,53 @@ def test_fast_dev_run_writes_no_checkpoint(fashion_mnist_dir, tmp_path, monkeypa
     cli_main(["fit", *tiny_args(fashion_mnist_dir, "--trainer.fast_dev_run=true", "--trainer.logger=false")])
     assert not (tmp_path / "checkpoints").exists()
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_ckpt_path_missing_or_truncated_file_is_named(fashion_mnist_dir, tmp_path):
+    from models.cli import CheckpointFileError
+
+    missing = tmp_path / "nope.ckpt"
+    with pytest.raises(CheckpointFileError, match=str(missing)):
+        cli_main(["fit", *tiny_args(fashion_mnist_dir, "--trainer.logger=false", f"--ckpt_path={missing}")])
+    folder = tmp_path / "run"
+    common = tiny_args(fashion_mnist_dir, "--trainer.logger=false", "--trainer.limit_train_batches=1")
+    cli_main(["fit", *common, f"--checkpoint.dirpath={folder}"])
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes((folder / "last.ckpt").read_bytes()[:5000])
+    with pytest.raises(CheckpointFileError, match=f"{truncated}.*truncated"):
+        cli_main(["fit", *common, f"--ckpt_path={truncated}"])
+    done = run_cli(*common, f"--ckpt_path={truncated}")
+    assert done.returncode == 1 and f"error: --ckpt_path {truncated}" in done.stderr, done.stderr[-2000:]
+
+
+def test_changed_lr_on_resume_reaches_the_restored_optimizer(fashion_mnist_dir, tmp_path, caplog):
+    first = tmp_path / "first"
+    common = ["--trainer.logger=false", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+    cli_main(["fit", *tiny_args(fashion_mnist_dir, *common, f"--checkpoint.dirpath={first}")])
+    saved = torch.load(first / "last.ckpt", weights_only=True)
+    exp_avg = saved["optimizer_states"][0]["state"][0]["exp_avg"]
+    # an explicit file
+    second = tmp_path / "second"
+    args = tiny_args(fashion_mnist_dir, *common, f"--checkpoint.dirpath={second}", "--trainer.max_epochs=2")
+    cli = cli_main(["fit", *args, f"--ckpt_path={first / 'last.ckpt'}", "--model.init_args.lr=0.0005"])
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == 0.0005
+    assert "optimizer 0 param group 0: lr 0.001 -> 0.0005" in caplog.text
+    state = torch.load(second / "last.ckpt", weights_only=True)
+    assert state["optimizer_states"][0]["param_groups"][0]["lr"] == 0.0005
+    assert state["hyper_parameters"]["lr"] == 0.0005
+    # `last` (the folder's newest last.ckpt): the difference is printed and applied too
+    caplog.clear()
+    args = tiny_args(fashion_mnist_dir, *common, f"--checkpoint.dirpath={first}", "--trainer.max_epochs=2")
+    cli = cli_main(["fit", *args, "--ckpt_path=last", "--model.init_args.weight_decay=0.01"])
+    assert f"--ckpt_path {first / 'last.ckpt'}: model.weight_decay = 0.01 (checkpoint: 0.0)" in caplog.text
+    assert cli.trainer.optimizers[0].param_groups[0]["weight_decay"] == 0.01
+    assert cli.trainer.current_epoch == 2  # resumed, with the Adam moments of the checkpoint
+    assert not torch.equal(exp_avg, torch.zeros_like(exp_avg))
+    # `last` resolved by Lightning (no --checkpoint.dirpath: the default folder): reported by the callback
+    caplog.clear()
+    root = tmp_path / "root"
+    args = tiny_args(fashion_mnist_dir, *common, f"--trainer.default_root_dir={root}")
+    cli_main(["fit", *args])
+    cli = cli_main(["fit", *args, "--trainer.max_epochs=2", "--ckpt_path=last", "--model.init_args.lr=0.002"])
+    assert "model.lr = 0.002 (checkpoint: 0.001)" in caplog.text
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == 0.002
