@@ -1,7 +1,16 @@
-"""Lightning callbacks shared by the privzoo methods (pictures and tables for wandb)."""
+"""Lightning callbacks shared by the privzoo methods (pictures and tables for wandb, fit guards)."""
 
+from callbacks.checkpoint import LastCheckpoint
 from callbacks.dpfe import AccuracyPrivacyCurveLogger as AccuracyPrivacyCurveLogger  # DPFE curve
+from callbacks.finite import FiniteLossCheck, NonFiniteLossError
 from callbacks.images import ImageGridLogger, log_image_grids, to_uint8_grid
 from callbacks.sca import SCAPlotsLogger as SCAPlotsLogger  # SCA plots (models.sca)
 
-__all__ = ["ImageGridLogger", "log_image_grids", "to_uint8_grid"]
+__all__ = [
+    "FiniteLossCheck",
+    "ImageGridLogger",
+    "LastCheckpoint",
+    "NonFiniteLossError",
+    "log_image_grids",
+    "to_uint8_grid",
+]

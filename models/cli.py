@@ -17,7 +17,8 @@ Checkpointing keeps ``last.ckpt`` and the best checkpoint by ``checkpoint.monito
 epoch, at the end of the fit (the true last step, after its validation) and, with
 ``checkpoint.every_n_train_steps N``, every N steps whatever the monitor says: kill -9 a run, restart the
 same command with ``--ckpt_path last`` and it continues bit-exactly (global random states included).
-``fast_dev_run`` writes no checkpoint.
+``fast_dev_run`` writes no checkpoint. :class:`callbacks.finite.FiniteLossCheck` stops a fit at the first
+NaN / inf loss, gradient or weight, before it reaches a checkpoint (``--finite_loss.enabled false``: off).
 
 ``--ckpt_path`` (resume, fine-tune, test): the checkpoint's model hyperparameters fill in every model argument
 that neither a config file nor the command line sets; the ones they set win (stock Lightning 2.6 lets the
@@ -51,6 +52,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.checkpoint import LastCheckpoint
+from callbacks.finite import FiniteLossCheck, NonFiniteLossError
 from callbacks.resume import ResumeOverrideError, ResumeOverrides
 
 __all__ = [
@@ -112,12 +114,14 @@ class PrivzooCLI(LightningCLI):
     """LightningCLI with privzoo's checkpointing arguments (``--checkpoint.*``) and fit guards.
 
     Adds to every trainer: :class:`callbacks.checkpoint.LastCheckpoint` (``last.ckpt`` whatever the monitor;
-    it takes over ``checkpoint.save_last``) and :class:`callbacks.resume.ResumeOverrides`.
+    it takes over ``checkpoint.save_last``), :class:`callbacks.finite.FiniteLossCheck`
+    (``--finite_loss.enabled false`` turns it off) and :class:`callbacks.resume.ResumeOverrides`.
     """
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
+        parser.add_lightning_class_args(FiniteLossCheck, "finite_loss")
 
     def parse_arguments(self, parser, args) -> None:
         self._cli_args = args
@@ -200,7 +204,7 @@ def main() -> None:
     """Console entry point (``privzoo`` / ``python scripts/cli.py``): privzoo's own errors as one message."""
     try:
         cli_main()
-    except (CheckpointFileError, ResumeOverrideError) as err:
+    except (CheckpointFileError, NonFiniteLossError, ResumeOverrideError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
 

@@ -231,6 +231,52 @@ def test_ckpt_path_missing_or_truncated_file_is_named(fashion_mnist_dir, tmp_pat
     assert done.returncode == 1 and f"error: --ckpt_path {truncated}" in done.stderr, done.stderr[-2000:]
 
 
+def _all_finite(path):
+    state = torch.load(path, weights_only=True)["state_dict"]
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
+
+
+def test_nonfinite_loss_stops_the_fit_and_keeps_the_good_last_ckpt(fashion_mnist_dir, tmp_path):
+    common = tiny_args(fashion_mnist_dir, "--trainer.logger=false", "--trainer.max_epochs=2")
+    folder = tmp_path / "diverged"
+    done = run_cli(
+        *common,
+        "--model.init_args.lr=1e8",
+        "--checkpoint.every_n_train_steps=1",
+        f"--checkpoint.dirpath={folder}",
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    message = done.stderr
+    assert "error: non-finite loss (train/loss)" in message and "at global step 1 " in message, message[
+        -3000:
+    ]
+    assert "train/loss = nan" in message and "lower the learning rate (model.init_args.lr = 1e+08)" in message
+    assert "--trainer.precision 32-true" in message
+    assert "Traceback" not in message
+    assert all(_all_finite(p) for p in folder.glob("*.ckpt")) and (folder / "last.ckpt").exists()
+    # a good run, then a resumed run that diverges: the good last.ckpt stays as it was
+    good = tmp_path / "good"
+    assert (
+        run_cli(
+            *tiny_args(fashion_mnist_dir, "--trainer.logger=false"), f"--checkpoint.dirpath={good}"
+        ).returncode
+        == 0
+    )
+    before = (good / "last.ckpt").read_bytes()
+    resumed = run_cli(*common, f"--checkpoint.dirpath={good}", "--ckpt_path=last", "--model.init_args.lr=1e8")
+    assert resumed.returncode == 1 and "non-finite" in resumed.stderr, resumed.stderr[-3000:]
+    assert "optimizer 0 param group 0: lr 0.001 -> 100000000.0" in resumed.stderr
+    assert (good / "last.ckpt").read_bytes() == before and _all_finite(good / "last.ckpt")
+    # the check can be switched off
+    off = run_cli(
+        *common,
+        "--model.init_args.lr=1e8",
+        "--finite_loss.enabled=false",
+        f"--checkpoint.dirpath={tmp_path / 'off'}",
+    )
+    assert off.returncode == 0, off.stderr[-3000:]
+
+
 def test_changed_lr_on_resume_reaches_the_restored_optimizer(fashion_mnist_dir, tmp_path, caplog):
     first = tmp_path / "first"
     common = ["--trainer.logger=false", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
