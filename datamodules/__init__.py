@@ -3,7 +3,7 @@
 from .base import TensorImageDataset, VisionDataModule, passthrough_collate
 from .celeba import CELEBA_ATTRIBUTE_NAMES, CelebADataModule
 from .cifar10 import CIFAR10DataModule
-from .errors import DatasetCorruptedError, DatasetError, DatasetNotFoundError
+from .errors import DatasetCorruptedError, DatasetError, DatasetNotFoundError, DatasetNotWritableError
 from .mnist import DEBIAN_FASHION_MNIST_DIR, FashionMNISTDataModule, MNISTDataModule
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "DatasetCorruptedError",
     "DatasetError",
     "DatasetNotFoundError",
+    "DatasetNotWritableError",
     "FashionMNISTDataModule",
     "MNISTDataModule",
     "TensorImageDataset",

@@ -20,3 +20,10 @@ class DatasetNotFoundError(DatasetError, FileNotFoundError):
 
 class DatasetCorruptedError(DatasetError, RuntimeError):
     """A dataset file exists but is truncated, corrupt or has an unexpected checksum."""
+
+
+class DatasetNotWritableError(DatasetError, PermissionError):
+    """Files of a dataset are missing and its folder does not take new ones (read-only / unwritable)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)

@@ -15,6 +15,7 @@ images, train = 10,000 images sampled from the database. See :mod:`datamodules.b
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import shutil
@@ -25,11 +26,13 @@ import torch
 from torchvision.datasets import MNIST, FashionMNIST
 
 from .base import Split, TensorImageDataset, VisionDataModule, random_split_indices, sample_subset
-from .errors import DatasetCorruptedError, DatasetNotFoundError
+from .errors import DatasetCorruptedError, DatasetNotFoundError, DatasetNotWritableError
 
 __all__ = [
     "DEBIAN_FASHION_MNIST_DIR",
     "FashionMNISTDataModule",
+    "IDX_SHA256",
+    "check_idx_sha256",
     "MNISTDataModule",
     "MNIST_FILES",
     "read_idx_header",
@@ -47,6 +50,62 @@ MNIST_FILES = (
 )
 
 _IDX_MAGIC = {"images": 2051, "labels": 2049}  # uint8 data, 3 resp. 1 dimensions
+
+#: SHA-256 of the extracted official IDX files: ``{torchvision class name: {file: (header dims, digest)}}``.
+#: Fashion-MNIST: computed from the files extracted from Debian's ``dataset-fashion-mnist`` (2020 package;
+#: headers and sizes are the official 60,000 / 10,000 x 28 x 28; zalando publishes md5 sums of its .gz files
+#: only and Debian recompressed them, so the extracted digests could not be compared offline with an
+#: independent source). MNIST: no published digests of the extracted files were found (only of the .gz
+#: archives, which torchvision's download checks), so its extracted files are not checked.
+IDX_SHA256: dict[str, dict[str, tuple[tuple[int, ...], str]]] = {
+    "FashionMNIST": {
+        "train-images-idx3-ubyte": (
+            (60000, 28, 28),
+            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        ),
+        "train-labels-idx1-ubyte": (
+            (60000,),
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        ),
+        "t10k-images-idx3-ubyte": (
+            (10000, 28, 28),
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        ),
+        "t10k-labels-idx1-ubyte": (
+            (10000,),
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        ),
+    },
+    "MNIST": {},
+}
+
+
+def check_idx_sha256(path: str, dataset: str, name: str | None = None) -> None:
+    """Compare the SHA-256 of an extracted IDX file with :data:`IDX_SHA256` (``name``: its official name).
+
+    Only a file whose header announces the official dims is checked (a subset or a test fixture is not
+    the official file); the header and size are checked by :func:`read_idx_header` first.
+
+    Raises:
+        DatasetCorruptedError: Naming ``path``, when the content differs from the official file.
+    """
+    name = name or os.path.basename(path)
+    expected = IDX_SHA256.get(dataset, {}).get(name)
+    if expected is None:
+        return
+    dims, digest = expected
+    if read_idx_header(path) != dims:
+        return
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            sha.update(chunk)
+    if sha.hexdigest() != digest:
+        raise DatasetCorruptedError(
+            f"{path}: content differs from the official {name} (SHA-256 {sha.hexdigest()}, expected "
+            f"{digest}; header and size are intact, the pixels or labels are not): delete it and run "
+            "prepare_data() again to extract / download a fresh copy"
+        )
 
 
 def read_idx_header(path: str) -> tuple[int, ...]:
@@ -131,6 +190,23 @@ class _MNISTLikeDataModule(VisionDataModule):
     def _fill_from_local_sources(self, missing: list[str]) -> None:
         """Hook: obtain missing raw files from local sources (Fashion-MNIST: Debian package)."""
 
+    def _ensure_writable(self, missing: list[str]) -> None:
+        """Create :attr:`raw_dir` and check it takes files, else :class:`DatasetNotWritableError`."""
+        probe = os.path.join(self.raw_dir, f".write-test-{os.getpid()}")
+        try:
+            os.makedirs(self.raw_dir, exist_ok=True)
+            with open(probe, "wb"):
+                pass
+            os.remove(probe)
+        except OSError as e:
+            raise DatasetNotWritableError(
+                f"{self._display_name}: cannot write into {self.raw_dir} ({e.strerror or e}), so the missing "
+                f"files {', '.join(os.path.basename(m) for m in missing)} cannot be extracted / downloaded "
+                f"there. Fix: make {self.data_dir} writable, or pass a writable data_dir "
+                "(--data.init_args.data_dir DIR; the files go to DIR/"
+                f"{self._tv_class.__name__}/raw), or put the extracted files into {self.raw_dir} yourself"
+            ) from e
+
     def prepare_data(self) -> None:
         """Make sure the four IDX files exist in :attr:`raw_dir`.
 
@@ -145,6 +221,7 @@ class _MNISTLikeDataModule(VisionDataModule):
             return
         if not self.download:
             raise self._not_found(missing, " (download=False)")
+        self._ensure_writable(missing)
         try:
             self._tv_class(self.data_dir, train=True, download=True)
         except Exception as e:  # network errors, md5 mismatch of the downloaded archive, ...
@@ -152,6 +229,8 @@ class _MNISTLikeDataModule(VisionDataModule):
         missing = self._missing_files()
         if missing:
             raise self._not_found(missing, " (still missing after torchvision's download)")
+        for name in MNIST_FILES:
+            check_idx_sha256(os.path.join(self.raw_dir, name), self._tv_class.__name__)
 
     def _load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         prefix = "train" if train else "t10k"
@@ -159,6 +238,8 @@ class _MNISTLikeDataModule(VisionDataModule):
         lbl_path = os.path.join(self.raw_dir, f"{prefix}-labels-idx1-ubyte")
         img_dims = read_idx_header(img_path)
         lbl_dims = read_idx_header(lbl_path)
+        check_idx_sha256(img_path, self._tv_class.__name__)
+        check_idx_sha256(lbl_path, self._tv_class.__name__)
         if len(img_dims) != 3:
             raise DatasetCorruptedError(
                 f"{img_path}: expected an image file [N, H, W], header says {img_dims}"
@@ -349,16 +430,20 @@ class FashionMNISTDataModule(_MNISTLikeDataModule):
         """Gunzip the missing files from ``debian_dir`` (atomically: temp file + rename, header checked)."""
         if not self.debian_dir or not os.path.isdir(self.debian_dir):
             return
-        for dst in missing:
-            src = os.path.join(self.debian_dir, os.path.basename(dst) + ".gz")
-            if not os.path.isfile(src):
-                continue
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
+        sources = [
+            (dst, os.path.join(self.debian_dir, os.path.basename(dst) + ".gz"))
+            for dst in missing
+            if os.path.isfile(os.path.join(self.debian_dir, os.path.basename(dst) + ".gz"))
+        ]
+        if sources:
+            self._ensure_writable(missing)
+        for dst, src in sources:
             tmp = f"{dst}.tmp-{os.getpid()}"
             try:
                 with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
                     shutil.copyfileobj(fin, fout, length=1 << 20)
                 read_idx_header(tmp)
+                check_idx_sha256(tmp, self._tv_class.__name__, os.path.basename(dst))
             except (OSError, EOFError, DatasetCorruptedError) as e:
                 if os.path.exists(tmp):
                     os.remove(tmp)

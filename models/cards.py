@@ -28,6 +28,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
 
+from models.io import atomic_write_text
+
 __all__ = [
     "CARD_CONTEXT_KEYS",
     "DATASETS",
@@ -380,7 +382,7 @@ def update_card_metrics(
     )
     pattern = re.compile(re.escape(METRICS_START) + ".*?" + re.escape(METRICS_END), flags=re.S)
     card.text = pattern.sub(lambda _: _metrics_block(recorded, sha), card.text, count=1)
-    card.save(folder / CARD_NAME)
+    atomic_write_text(folder / CARD_NAME, str(card), newline="")  # (ModelCard.save, atomically)
     return card
 
 

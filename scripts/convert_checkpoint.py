@@ -11,8 +11,11 @@ from the checkpoint's datamodule hyperparameters, the training config, threat mo
 loads the folder back with ``from_pretrained`` and checks every tensor against the checkpoint.
 
 * The class comes from ``--class`` or from the ``_class_path`` LightningCLI stores in the checkpoint.
-* The checkpoint is read with ``torch.load(weights_only=True)``; ``--trust-pickle`` lifts that for
-  checkpoints holding other Python objects (only for files you trust: unpickling can run code).
+* The checkpoint is read with ``torch.load(weights_only=True)`` only (no unpickling of arbitrary Python
+  objects: that can run code); a checkpoint written by ``scripts/cli.py fit`` needs nothing more.
+* The folder is written atomically: into a temporary sibling folder, loaded back and checked there, then
+  renamed into place (into an existing ``--force`` folder each file is replaced with ``os.replace``), so a
+  failed or interrupted conversion never leaves a half-written folder.
 * The LightningCLI config is ``--config``, else the ``config.yaml`` LightningCLI saved next to the run
   (the checkpoint's folder or its parent) when its model section matches the checkpoint.
 """
@@ -29,6 +32,7 @@ import torch
 import yaml
 
 from models.hub import CARD_NAME, CONFIG_NAME, LIGHTNING_PRIVATE_KEYS, WEIGHTS_NAME
+from models.io import atomic_dir
 from models.zoo import resolve_class
 
 GIT_SIZE_LIMIT = 20 * 2**20  # the zoo ships folders in git: keep each under 20 MB
@@ -38,16 +42,18 @@ class ConversionError(RuntimeError):
     """The checkpoint cannot be converted (the message says why and what to do)."""
 
 
-def read_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, Any]:
-    """The checkpoint dict, read with ``weights_only=True`` unless ``trust_pickle``."""
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint dict, read with ``torch.load(weights_only=True)`` (never unpickles other objects)."""
     if not path.is_file():
         raise ConversionError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ConversionError(
-            f"{path} holds Python objects that torch.load(weights_only=True) refuses ({err}). If you trust "
-            "the file, run again with --trust-pickle (unpickling can execute code)."
+            f"{path} holds Python objects that torch.load(weights_only=True) refuses "
+            f"({str(err).splitlines()[0]}); privzoo does not unpickle checkpoints (that can run code): "
+            "convert a checkpoint written by scripts/cli.py fit, or re-save this one as plain tensors / "
+            "dicts (torch.save({'state_dict': ..., 'hyper_parameters': ...}))"
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
         raise ConversionError(
@@ -111,7 +117,6 @@ def convert(
     name: str | None = None,
     split: str | None = None,
     force: bool = False,
-    trust_pickle: bool = False,
     notes: str | None = None,
 ) -> Path:
     """Converts ``ckpt`` into the Hub folder ``out_dir`` (see the module docstring); returns ``out_dir``."""
@@ -122,7 +127,7 @@ def convert(
             f"{out_dir} is not empty ({', '.join(sorted(existing))}); pass --force to overwrite its "
             f"{CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME} (the card's metrics are reset)"
         )
-    checkpoint = read_checkpoint(ckpt, trust_pickle)
+    checkpoint = read_checkpoint(ckpt)
     cls = model_class(checkpoint, class_path, ckpt)
     hparams = {
         k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if k not in LIGHTNING_PRIVATE_KEYS
@@ -159,14 +164,14 @@ def convert(
     if cli_config is not None:
         context["training_config"] = cli_config.read_text()
         context["training_config_path"] = cli_config.name
-    model.save_pretrained(out_dir, model_card_kwargs=context)
-
-    # the folder must rebuild the same model: reload it strictly and compare every tensor
-    reloaded = cls.from_pretrained(out_dir)
-    expected = model.state_dict()
-    for key, tensor in reloaded.state_dict().items():
-        if not torch.equal(tensor, expected[key]):
-            raise ConversionError(f"round trip changed tensor {key}: please report this as a bug")
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, model_card_kwargs=context)
+        # the folder must rebuild the same model: reload it strictly and compare every tensor
+        reloaded = cls.from_pretrained(tmp)
+        expected = model.state_dict()
+        for key, tensor in reloaded.state_dict().items():
+            if not torch.equal(tensor, expected[key]):
+                raise ConversionError(f"round trip changed tensor {key}: please report this as a bug")
     return out_dir
 
 
@@ -184,9 +189,6 @@ def main(argv: list[str] | None = None) -> int:
         "--notes", help="how the weights were trained (e.g. a run stopped early), for the card"
     )
     parser.add_argument("--force", action="store_true", help="overwrite a non-empty OUT_DIR")
-    parser.add_argument(
-        "--trust-pickle", action="store_true", help="torch.load(weights_only=False): trusted files only"
-    )
     args = parser.parse_args(argv)
     try:
         out = convert(
@@ -197,7 +199,6 @@ def main(argv: list[str] | None = None) -> int:
             args.name,
             args.split,
             args.force,
-            args.trust_pickle,
             args.notes,
         )
     except (ConversionError, ImportError, TypeError, ValueError) as err:

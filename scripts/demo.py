@@ -5,8 +5,9 @@
 For each entry of ``models.zoo`` (``checkpoints/<name>/``, loaded offline), runs the entry's evaluation
 function and prints one table: the utility metric and the privacy metric next to the paper's numbers and
 next to the values recorded in the checkpoint's model card (``card`` column: the measured value must
-reproduce it). Writes the same results as ``results.json`` and as an offline wandb run under ``--out``
-(upload later with ``wandb sync <out>/wandb/offline-run-*``).
+reproduce it). Writes the same results as ``results.json`` / ``results.md`` (atomically; an ``--only A B``
+run writes ``results-A+B.json`` / ``.md`` instead, so runs sharing one ``--out`` keep each other's files)
+and as an offline wandb run under ``--out`` (upload later with ``wandb sync <out>/wandb/offline-run-*``).
 
 ``--write-cards`` records the measured numbers in the cards instead (used when a checkpoint is shipped).
 """
@@ -20,6 +21,13 @@ from pathlib import Path
 
 from models import zoo
 from models.cards import read_card_metrics
+from models.io import atomic_write_text
+
+
+def results_stem(only: list[str] | None) -> str:
+    """``results`` for the whole zoo; ``results-<name>[+<name>...]`` for an ``--only`` run, so that runs
+    sharing one ``--out`` never overwrite each other's files (each file is written atomically)."""
+    return "results" if not only else "results-" + "+".join(sorted(dict.fromkeys(only)))
 
 
 def card_test_metrics(name: str) -> dict[str, float]:
@@ -148,8 +156,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
-    (out / "results.md").write_text(table + "\n")
+    stem = results_stem(args.only)
+    atomic_write_text(out / f"{stem}.json", json.dumps(rows, indent=2))
+    atomic_write_text(out / f"{stem}.md", table + "\n")
     if args.wandb != "disabled":
         import wandb
 
@@ -166,7 +175,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         run.log({"demo/zoo": wtable})
         run.finish()
     print(
-        f"\nresults: {out / 'results.json'}, {out / 'results.md'}"
+        f"\nresults: {out / (stem + '.json')}, {out / (stem + '.md')}"
         + ("" if args.wandb == "disabled" else f", wandb run under {out / 'wandb'} (wandb sync to upload)")
     )
     print_attack_headlines(names)

@@ -225,11 +225,39 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
         )
 
     # ------------------------------------------------------------------ public API
+    def check_images(self, x: torch.Tensor) -> None:
+        """Raises ``ValueError`` unless ``x`` is float [B, C, H, W] in [0, 1] with this model's C, H, W."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise ValueError(
+                f"images must be a float tensor in [0, 1], got {getattr(x, 'dtype', type(x))}; "
+                "convert uint8 images with x.float() / 255"
+            )
+        c, size = self.hparams.in_chans, self.hparams.image_size
+        if x.dim() != 4:
+            raise ValueError(f"images must be [B, C, H, W], got shape {tuple(x.shape)}")
+        if x.shape[1] != c:
+            raise ValueError(
+                f"this DPFE model was built for {c}-channel images, got {x.shape[1]} channels "
+                "(convert RGB / grayscale images, or use the model trained for them)"
+            )
+        if tuple(x.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"this DPFE model was built for {size}x{size} images, got {x.shape[-2]}x{x.shape[-1]}; "
+                "resize the images (a different size silently degrades the features)"
+            )
+        if x.numel() and bool(((x < 0) | (x > 1)).any()):  # (NaN: check_features names it after extract)
+            raise ValueError(
+                f"images must lie in [0, 1] (got min {x.min().item():.4g}, max {x.max().item():.4g}); "
+                "divide uint8 images by 255"
+            )
+
     def extract(self, x: torch.Tensor) -> torch.Tensor:
         """Private features (the client-side part): images ``[B, C, H, W]`` in [0, 1] -> ``[B, d]``.
 
         For ``stage="attribute"`` (no bottleneck) this is the flattened cut output ``[B, |L|]``.
+        :meth:`check_images` rejects another dtype, channel count, size or value range.
         """
+        self.check_images(x)
         h = self._elementary(x)
         f = h.flatten(1) if self.bottleneck is None else self.bottleneck.encode(h)
         check_features(f, "private features")

@@ -500,6 +500,21 @@ class SCA(PrivzooHubMixin, L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_features = []
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # mid-epoch checkpoints (every_n_train_steps) keep the features the epoch's transform stage needs,
+        # so that a resumed run refits W / R on the same features as an uninterrupted one
+        if self._epoch_features:
+            feats = torch.cat(self._epoch_features)[-self.hparams.transform_samples :]
+            checkpoint["sca_epoch_features"] = feats.cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning does not call on_train_epoch_start when it resumes mid-epoch
+        feats = checkpoint.get("sca_epoch_features")
+        self._epoch_features = [feats] if feats is not None else []
+
+    def on_train_start(self) -> None:
+        self._epoch_features = [f.to(self.device) for f in self._epoch_features]
+
     def on_validation_epoch_start(self) -> None:
         # the transform stage runs before the epoch's validation, so that validation and the checkpoint
         # saved after it see the refreshed statistics
