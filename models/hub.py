@@ -55,6 +55,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from models import cards
+from models.io import atomic_write_text
 
 __all__ = [
     "CARD_NAME",
@@ -232,10 +233,6 @@ def _is_path_like(name: str) -> bool:
     return os.path.exists(name) or name.startswith((".", "/", "~")) or "\\" in name or name.count("/") != 1
 
 
-def _atomic_replace(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)  # same folder: atomic, a reader never sees a half-written file
-
-
 class PrivzooHubMixin(
     PyTorchModelHubMixin,
     library_name=LIBRARY_NAME,
@@ -393,7 +390,7 @@ class PrivzooHubMixin(
         # ONE metadata entry: safetensors writes its metadata map in an unspecified order, so with two
         # entries saving the same weights twice could give different bytes (and noisy git diffs)
         save_model(self, str(tmp), metadata={DIGEST_KEY: tensor_digest(self.state_dict())})
-        _atomic_replace(tmp, path)
+        os.replace(tmp, path)  # same folder: atomic, a reader never sees a half-written file
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """huggingface_hub's extension point: weights, ``config.json`` from the hparams; drops a stale card.
@@ -401,9 +398,9 @@ class PrivzooHubMixin(
         The card is then written fresh by ``save_pretrained`` through :meth:`generate_model_card`.
         """
         self._save_weights(save_directory / WEIGHTS_NAME)
-        tmp = save_directory / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(self.hub_config(), sort_keys=True, indent=2) + "\n", encoding="utf-8")
-        _atomic_replace(tmp, save_directory / CONFIG_NAME)
+        atomic_write_text(
+            save_directory / CONFIG_NAME, json.dumps(self.hub_config(), sort_keys=True, indent=2) + "\n"
+        )
         (save_directory / CARD_NAME).unlink(missing_ok=True)  # old metrics describe old weights
         self._card_weights = save_directory / WEIGHTS_NAME
 
