@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 
@@ -27,9 +28,27 @@ def fit(
     Returns:
         ``{"epochs", "best_val_loss"}``.
     """
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    with _quiet_lightning():
+        return _fit(module, train, holdout, max_epochs, batch_size, patience, seed)
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Lightning's info messages off for an attacker's many small fits; the caller's levels come back."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _fit(module, train, holdout, max_epochs, batch_size, patience, seed) -> dict:
     L.seed_everything(seed, workers=False, verbose=False)
     stop = EarlyStopping("val_loss", patience=patience, mode="min")
     best = {"loss": float("inf"), "state": None}
