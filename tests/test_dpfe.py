@@ -570,13 +570,16 @@ def test_adversarial_remover_reverses_the_y_gradient_for_the_extractor_only(fash
     def grads(reverse: bool):
         model.zero_grad()
         f = model.extract(x)
-        feats = grad_reverse(f, 0.5) if reverse else f
+        feats = grad_reverse(f, 0.5) if reverse else f  # (the step standardises f first; same sign)
         torch.nn.functional.cross_entropy(model.adversary(feats), y).backward()
         return model.bottleneck.encoder.weight.grad.clone(), model.adversary[0].weight.grad.clone()
 
     (enc_r, adv_r), (enc, adv) = grads(True), grads(False)
     torch.testing.assert_close(enc_r, -0.5 * enc)  # the extractor climbs the adversary's loss
     torch.testing.assert_close(adv_r, adv)  # the adversary descends it
+    opt = model.configure_optimizers()
+    assert [g["lr"] for g in opt.param_groups] == [model.hparams.lr, model.hparams.adversary_lr]
+    assert {id(p) for p in opt.param_groups[1]["params"]} == {id(p) for p in model.adversary.parameters()}
     _fit_steps(model, fashion_mnist_dir, 2)  # and it trains through the Trainer
     with pytest.raises(ValueError, match="unknown remover"):
         DPFE(stage="dpfe", remover="gan")

@@ -67,6 +67,7 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
             on the features, trained through the gradient reversal layer, so the extractor maximises its
             loss while it minimises it; ``remover_weight`` is the reversal strength).
         adversary_hidden: hidden widths of the adversarial y-classifier (an MLP; ``[]`` = linear).
+        adversary_lr: Adam learning rate of the adversarial y-classifier (it must keep up with the extractor).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         init_from: checkpoint of the previous stage loaded on fit start (``None``: start from scratch).
@@ -138,6 +139,7 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
         margin: float = 10.0,
         remover: Literal["contrastive", "adversarial"] = "contrastive",
         adversary_hidden: list[int] = [64, 64],  # noqa: B006 (read-only, shown by the CLI)
+        adversary_lr: float = 1e-3,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         init_from: str | None = None,
@@ -402,8 +404,12 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
         z_loss = attribute_loss(self.predict_from_features(f), z)  # eq. (7), first term
         loss = z_loss
         if self.hparams.stage == "dpfe" and self.adversary is not None:
-            # beyond the paper: min over the adversary, max over the extractor of its y cross-entropy
-            y_logits = self.adversary(grad_reverse(f.float(), self.hparams.remover_weight))
+            # beyond the paper: min over the adversary, max over the extractor of its y cross-entropy; the
+            # adversary sees batch-standardised features, as an attacker's probe does, so that rescaling f
+            # cannot fool it
+            g = f.float()
+            g = (g - g.mean(0)) / g.std(0).clamp(min=1e-6)
+            y_logits = self.adversary(grad_reverse(g, self.hparams.remover_weight))
             y_loss = F.cross_entropy(y_logits.float(), y)
             loss = z_loss + y_loss
             self.log("train/y_loss", y_loss)
@@ -454,4 +460,10 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
         return {"index": batch["index"], "features": f, "logits": self.predict_from_features(f)}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        hp = self.hparams
+        if self.adversary is None:
+            return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        adversary = set(self.adversary.parameters())
+        rest = [p for p in self.parameters() if p not in adversary]
+        groups = [{"params": rest}, {"params": list(adversary), "lr": hp.adversary_lr}]
+        return torch.optim.Adam(groups, lr=hp.lr, weight_decay=hp.weight_decay)
