@@ -337,26 +337,24 @@ def victim_row(
         if model.bits != cli.model.bits:
             raise ValueError(f"{ckpt} is a {model.bits}-bit victim, not {cli.model.bits}")
         fit_s = None
-    q, d = dm.query_set.indices, dm.database_set.indices
-    codes = scenario_codes(model.hash, pool, protected, q, d, batch_size)
+    return {**_scenario_scores(model.hash, dm, pool, protected, batch_size), "fit_s": fit_s, "model": model}
+
+
+def _scenario_scores(hash_fn, dm, pool: torch.Tensor, protected: torch.Tensor, batch_size: int) -> dict:
+    """``{"map", "ndcg_100"}`` of the four scenarios for one hash function on the retrieval split."""
+    codes = scenario_codes(
+        hash_fn, pool, protected, dm.query_set.indices, dm.database_set.indices, batch_size
+    )
     labels = dm.query_set.targets, dm.database_set.targets
-    return {
-        "map": scenario_maps(codes, *labels),
-        "ndcg_100": scenario_ndcgs(codes, *labels),
-        "fit_s": fit_s,
-        "model": model,
-    }
+    return {"map": scenario_maps(codes, *labels), "ndcg_100": scenario_ndcgs(codes, *labels)}
 
 
 def surrogate_row(protector, released: dict[str, Any], batch_size: int = 1000) -> dict[str, Any]:
     """The PPL surrogate's own four scenarios and the released test images' PSNR / SSIM."""
     dm, pool, protected = released["datamodule"], released["pool"], released["protected"]
-    q, d = dm.query_set.indices, dm.database_set.indices
-    codes = scenario_codes(protector.hash, pool, protected, q, d, batch_size)
-    labels = dm.query_set.targets, dm.database_set.targets
+    q = dm.query_set.indices
     return {
-        "map": scenario_maps(codes, *labels),
-        "ndcg_100": scenario_ndcgs(codes, *labels),
+        **_scenario_scores(protector.hash, dm, pool, protected, batch_size),
         "quality": image_quality(pool[q], protected[q], batch_size),
     }
 
