@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from attack import SIZES, standard_data
+from attack import SIZES, _batched, standard_data
 
 from models.attacks.inference import probe_attack
 from models.dpfe import DPFE
@@ -36,16 +36,9 @@ def load(path: str) -> DPFE:
     return DPFE.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
 
 
-@torch.no_grad()
-def features(model: DPFE, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    return torch.cat(
-        [model.extract(images[s : s + batch_size].float() / 255) for s in range(0, len(images), batch_size)]
-    )
-
-
 def attack(model: DPFE, data: dict, sizes: dict, seed: int = 0) -> dict:
     pool, labels = data["pool"], data["labels"]
-    rel = {part: features(model, pool[data[part]]) for part in ("fit", "holdout", "test")}
+    rel = {part: _batched(model.release, pool[data[part]]) for part in ("fit", "holdout", "test")}
     y = {part: labels[data[part]] for part in ("fit", "holdout", "test")}
     with torch.no_grad():
         logits = model.predict_from_features(rel["test"])

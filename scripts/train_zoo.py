@@ -166,14 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from convert_checkpoint import convert  # the sibling script: scripts/ is this file's folder
 
-    source_cards = {s["name"]: zoo.folder(s["name"]) for s in steps}
     for step in steps:
         root = args.out / step["name"]
         root.mkdir(parents=True, exist_ok=True)
         (root / "config.yaml").write_text(yaml.safe_dump(step["config"], sort_keys=False))
         cli = cli_main(["fit", *step["args"], *extra])
         cli.trainer.save_checkpoint(step["final"])  # the true last weights, whatever the monitor said
-        notes = f"rebuilt by scripts/train_zoo.py from the config recorded in {source_cards[step['name']]}"
+        notes = f"rebuilt by scripts/train_zoo.py from the config recorded in {zoo.folder(step['name'])}"
         convert(step["final"], dest / step["name"], config=root / "config.yaml", force=True, notes=notes)
         previous, zoo.CHECKPOINTS_DIR = zoo.CHECKPOINTS_DIR, dest
         try:

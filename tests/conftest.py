@@ -92,3 +92,30 @@ def _assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
 def assert_same_state():
     """``assert_same_state(a, b)``: the two modules have the same state-dict keys, dtypes and values."""
     return _assert_same_state
+
+
+@pytest.fixture(scope="session")
+def cli_run(tmp_path_factory):
+    """A real ``privzoo fit`` run (classifier config, 1 epoch on a tiny Fashion-MNIST, CSVLogger): its log
+    folder, with ``checkpoints/last.ckpt`` and the ``config.yaml`` LightningCLI saved."""
+    from fixtures import write_mnist_idx
+
+    from models.cli import cli_main
+
+    root = tmp_path_factory.mktemp("cli_run")
+    write_mnist_idx(root / "data" / "FashionMNIST" / "raw", n_train=128, n_test=64, seed=0)
+    cli = cli_main(
+        [
+            "fit",
+            f"--config={REPO_ROOT / 'configs' / 'classifier' / 'fashion_mnist.yaml'}",
+            f"--data.init_args.data_dir={root / 'data'}",
+            "--data.init_args.batch_size=32",
+            "--data.init_args.val_size=32",
+            "--trainer.max_epochs=1",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            "--trainer.logger=CSVLogger",
+            f"--trainer.logger.save_dir={root / 'logs'}",
+        ]
+    )
+    return Path(cli.trainer.log_dir)

@@ -10,7 +10,6 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import convert_checkpoint  # noqa: E402
 import demo  # noqa: E402
 
-from models.cli import cli_main  # noqa: E402
 from models.io import atomic_dir, atomic_open, atomic_write_bytes, atomic_write_text  # noqa: E402
 
 
@@ -48,29 +47,10 @@ def test_demo_only_runs_have_their_own_results_files():
     assert demo.results_stem(["a"]) != demo.results_stem(["b"])
 
 
-@pytest.fixture(scope="module")
-def cli_checkpoint(tmp_path_factory):
-    from fixtures import write_mnist_idx
-
-    root = tmp_path_factory.mktemp("atomic_cli")
-    write_mnist_idx(root / "data" / "FashionMNIST" / "raw", n_train=128, n_test=64, seed=0)
-    cli_main(
-        [
-            "fit",
-            f"--config={REPO_ROOT / 'configs' / 'classifier' / 'fashion_mnist.yaml'}",
-            f"--data.init_args.data_dir={root / 'data'}",
-            "--data.init_args.batch_size=32",
-            "--data.init_args.val_size=32",
-            "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=2",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            "--trainer.logger=false",
-            f"--checkpoint.dirpath={root / 'ckpt'}",
-            "--checkpoint.every_n_train_steps=1",
-        ]
-    )
-    return root / "ckpt" / "last.ckpt"
+@pytest.fixture
+def cli_checkpoint(cli_run):
+    """``last.ckpt`` of the shared real CLI run (conftest.cli_run)."""
+    return cli_run / "checkpoints" / "last.ckpt"
 
 
 def test_convert_reads_a_real_cli_checkpoint_without_unpickling(cli_checkpoint, tmp_path):

@@ -9,7 +9,6 @@ import convert_checkpoint
 import publish
 import pytest
 import torch
-from conftest import REPO_ROOT
 from fixtures import quiet_trainer
 from huggingface_hub import ModelCard
 
@@ -17,7 +16,6 @@ from datamodules import FashionMNISTDataModule
 from models import zoo
 from models.cards import read_card_metrics, update_card_metrics
 from models.classifier import ImageClassifier
-from models.cli import cli_main
 from models.hub import ConfigError, MissingFileError, PickleWeightsError
 
 
@@ -163,32 +161,6 @@ def test_every_shipped_checkpoint_loads_offline(name):
 # ------------------------------------------------------------------------------------------------------
 # scripts/convert_checkpoint.py
 # ------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def cli_run(tmp_path_factory):
-    """A real ``scripts/cli.py fit`` run (1 epoch on a tiny Fashion-MNIST): its folder with checkpoints."""
-    from fixtures import write_mnist_idx
-
-    root = tmp_path_factory.mktemp("cli_run")
-    write_mnist_idx(root / "data" / "FashionMNIST" / "raw", n_train=128, n_test=64, seed=0)
-    cli = cli_main(
-        [
-            "fit",
-            f"--config={REPO_ROOT / 'configs' / 'classifier' / 'fashion_mnist.yaml'}",
-            f"--data.init_args.data_dir={root / 'data'}",
-            "--data.init_args.batch_size=32",
-            "--data.init_args.val_size=32",
-            "--trainer.max_epochs=1",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            "--trainer.logger=CSVLogger",
-            f"--trainer.logger.save_dir={root / 'logs'}",
-        ]
-    )
-    from pathlib import Path
-
-    return Path(cli.trainer.log_dir)
-
-
 def test_convert_a_cli_checkpoint_in_one_command(cli_run, tmp_path, capsys):
     ckpt = cli_run / "checkpoints" / "last.ckpt"
     out = tmp_path / "clf-fashion-mnist"
