@@ -583,3 +583,37 @@ def test_adversarial_remover_reverses_the_y_gradient_for_the_extractor_only(fash
     _fit_steps(model, fashion_mnist_dir, 2)  # and it trains through the Trainer
     with pytest.raises(ValueError, match="unknown remover"):
         DPFE(stage="dpfe", remover="gan")
+
+
+def test_feature_noise_channel_is_part_of_every_release(fashion_mnist_dir):
+    L.seed_everything(0)
+    assert DPFE(stage="dpfe").hparams.feature_noise == 0.0  # the paper's deterministic feature
+    model = DPFE(stage="dpfe", feature_noise=0.5, pca_samples=64).eval()
+    x = torch.rand(256, 1, 28, 28)
+    clean = DPFE(stage="dpfe", pca_samples=64).eval()
+    clean.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        f0 = clean.extract(x)
+        a = model.extract(x, generator=torch.Generator().manual_seed(3))
+        b = model.extract(x, generator=torch.Generator().manual_seed(3))
+        c = model.extract(x)
+    torch.testing.assert_close(a, b)  # a seeded release is reproducible
+    assert not torch.allclose(a, c)  # and every unseeded release draws fresh noise
+    noise = a - f0
+    assert noise.std().item() == pytest.approx(0.5, rel=0.05)
+    assert noise.mean().abs().item() < 0.02
+    assert model.release(x).shape == (256, 10)  # what leaves the client is the noisy feature
+    # the server's z-predictor is trained through the channel: a step runs and the noise is in the graph
+    _fit_steps(model, fashion_mnist_dir, 2)
+    # zoo evaluation seeds the channel: two evaluations of one model agree
+    feats = [
+        collect_features(
+            model, [{"image": (x[:32] * 255).to(torch.uint8), "label": torch.arange(32) % 10}], seed=s
+        )[0]  # fmt: skip
+        for s in (0, 0, 1)
+    ]
+    torch.testing.assert_close(feats[0], feats[1])
+    assert not torch.allclose(feats[0], feats[2])
+    for bad in ({"feature_noise": -0.1}, {"feature_noise": 0.5, "stage": "attribute"}):
+        with pytest.raises(ValueError, match="feature_noise"):
+            DPFE(**{"stage": "dpfe", **bad})

@@ -17,7 +17,7 @@ __all__ = ["accuracy_privacy_curve", "collect_features", "compare_curves", "pare
 
 @torch.no_grad()
 def collect_features(
-    module, loader: Iterable, max_samples: int | None = None
+    module, loader: Iterable, max_samples: int | None = None, seed: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Private features and targets of a loader's images (eval mode).
 
@@ -25,6 +25,7 @@ def collect_features(
         module: a :class:`models.dpfe.DPFE`.
         loader: yields privzoo batches (``image`` uint8 or float in [0, 1]).
         max_samples: stop after this many samples (``None`` = all).
+        seed: seed of the extractor's channel noise (``feature_noise > 0``); ``None`` = torch's global RNG.
 
     Returns:
         ``(features [N, d], z [N, K], y [N])`` on the CPU.
@@ -32,6 +33,7 @@ def collect_features(
     was_training = module.training
     module.eval()
     feats, zs, ys, n = [], [], [], 0
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
     for batch in loader:
         x = batch["image"].to(module.device)
         x = x.float() / 255.0 if not x.is_floating_point() else x
@@ -39,7 +41,7 @@ def collect_features(
         if "identity" in batch:
             batch["identity"] = batch["identity"].to(module.device)
         z, y = module.targets(batch)
-        feats.append(module.extract(x).cpu())
+        feats.append(module.extract(x, generator=generator).cpu())
         zs.append(z.cpu())
         ys.append(y.cpu())
         n += x.shape[0]

@@ -46,7 +46,7 @@ def zoo_metrics(
             its training images give the covariance C when some r > 0.
         ratios: noise ratios r of Procedure 2; r = 0 (no noise) is the headline point.
         train_samples: training images whose features give the covariance C (when some r > 0).
-        seed: noise seed (``scripts/dpfe_curve.py``'s default).
+        seed: noise seed (``scripts/dpfe_curve.py``'s default), also of a ``feature_noise`` channel.
 
     Returns:
         ``{"z_acc", "lrp", "nn_error", "rank_mean", "rank_std"}`` at r = 0 (when 0 is in ``ratios``) and
@@ -60,9 +60,11 @@ def zoo_metrics(
         raise ValueError("zoo_metrics needs num_identities in the model's config for a CelebA model")
     datamodule.prepare_data()
     datamodule.setup("test")
-    features, z, y = collect_features(model, datamodule.test_dataloader())
+    features, z, y = collect_features(model, datamodule.test_dataloader(), seed=seed)
     if any(r > 0 for r in ratios):
-        cov = feature_covariance(collect_features(model, datamodule.train_dataloader(), train_samples)[0])
+        cov = feature_covariance(
+            collect_features(model, datamodule.train_dataloader(), train_samples, seed=seed + 1)[0]
+        )
     else:  # the noise covariance is not used at r = 0
         cov = torch.zeros(features.shape[1], features.shape[1], dtype=torch.float64)
     rows = accuracy_privacy_curve(

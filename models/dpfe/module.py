@@ -68,6 +68,11 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
             loss while it minimises it; ``remover_weight`` is the reversal strength).
         adversary_hidden: hidden widths of the adversarial y-classifier (an MLP; ``[]`` = linear).
         adversary_lr: Adam learning rate of the adversarial y-classifier (it must keep up with the extractor).
+        feature_noise: beyond the paper (0 = the paper's deterministic feature): standard deviation s of the
+            Gaussian channel noise N(0, s^2 I) the extractor adds to its standardised private feature, in
+            training and at every release (a noisy-channel information bottleneck: with unit-variance
+            features, the z loss through the noise spends the variance on z and squeezes out the rest).
+            Procedure 2's noise N(0, r C) comes on top of it.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         init_from: checkpoint of the previous stage loaded on fit start (``None``: start from scratch).
@@ -140,6 +145,7 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
         remover: Literal["contrastive", "adversarial"] = "contrastive",
         adversary_hidden: list[int] = [64, 64],  # noqa: B006 (read-only, shown by the CLI)
         adversary_lr: float = 1e-3,
+        feature_noise: float = 0.0,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         init_from: str | None = None,
@@ -158,6 +164,11 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
             )
         if remover_weight < 0 or margin <= 0:
             raise ValueError(f"need remover_weight >= 0 and margin > 0, got {remover_weight}, {margin}")
+        if feature_noise < 0 or (feature_noise > 0 and stage == "attribute"):
+            raise ValueError(
+                f"feature_noise must be >= 0 and needs the bottleneck (stage simple / dpfe), got "
+                f"{feature_noise} with stage={stage!r}"
+            )
         if remover not in ("contrastive", "adversarial"):
             raise ValueError(f"unknown remover {remover!r}; valid: contrastive (the paper's), adversarial")
         self.attribute_names = attribute_names(dataset, attribute_set)
@@ -253,16 +264,23 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
                 "divide uint8 images by 255"
             )
 
-    def extract(self, x: torch.Tensor) -> torch.Tensor:
+    def extract(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Private features (the client-side part): images ``[B, C, H, W]`` in [0, 1] -> ``[B, d]``.
 
-        For ``stage="attribute"`` (no bottleneck) this is the flattened cut output ``[B, |L|]``.
+        For ``stage="attribute"`` (no bottleneck) this is the flattened cut output ``[B, |L|]``. With
+        ``feature_noise > 0`` every call draws fresh channel noise (from ``generator`` or torch's global one).
         :meth:`check_images` rejects another dtype, channel count, size or value range.
         """
         self.check_images(x)
         h = self._elementary(x)
         f = h.flatten(1) if self.bottleneck is None else self.bottleneck.encode(h)
         check_features(f, "private features")
+        s = self.hparams.get("feature_noise", 0.0)
+        if s > 0:  # beyond the paper: the noisy channel of the information bottleneck
+            eps = torch.randn(
+                f.shape, generator=generator, dtype=f.dtype, device="cpu" if generator else f.device
+            )
+            f = f + s * eps.to(f.device)
         return f
 
     def predict_from_features(self, f: torch.Tensor) -> torch.Tensor:
