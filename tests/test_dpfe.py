@@ -1,6 +1,7 @@
 """DPFE: attribute sets, layer separation, PCA bottleneck, eq. (7) losses, privacy measures, noise,
 Procedure 1 through the CLI (Fashion-MNIST and CelebA fixtures), the curve, ONNX parity, bad input."""
 
+import json
 import math
 
 import lightning as L
@@ -617,3 +618,36 @@ def test_feature_noise_channel_is_part_of_every_release(fashion_mnist_dir):
     for bad in ({"feature_noise": -0.1}, {"feature_noise": 0.5, "stage": "attribute"}):
         with pytest.raises(ValueError, match="feature_noise"):
             DPFE(**{"stage": "dpfe", **bad})
+
+
+def test_dpfe_attacks_script_writes_one_curve_per_extractor(fashion_mnist_dir, tmp_path):
+    import dpfe_attacks
+    from PIL import Image
+
+    L.seed_everything(0)
+    folders = []
+    for name, noise in (("paper", 0.0), ("ib", 1.0)):
+        model = DPFE(stage="dpfe", feature_noise=noise, pca_samples=64)
+        _fit_steps(model, fashion_mnist_dir, 2)
+        model.eval().save_pretrained(tmp_path / name, model_card_kwargs={"name": name})
+        folders.append(str(tmp_path / name))
+    out = tmp_path / "out"
+    argv = [*folders, "--quick", "--ratios", "0", "1", "--data-dir", str(fashion_mnist_dir)]
+    result = dpfe_attacks.main([*argv, "--out", str(out), "--no-wandb", "--no-inversion"])
+    assert result["floor"] == pytest.approx(0.3)  # FU: 3 distinct attribute vectors over 10 classes
+    assert list(result["curves"]) == ["paper", "ib"]
+    for rows in result["curves"].values():
+        assert [row["r"] for row in rows] == [0.0, 1.0]
+        for row in rows:
+            accs = [row[f"{a}_class_accuracy"] for a in dpfe_attacks.PROBES]
+            assert row["worst_class_accuracy"] == max(accs) and 0 <= min(accs) <= max(accs) <= 1
+            assert 0 <= row["z_acc"] <= 1 and math.isfinite(row["lrp"])
+    saved = json.loads((out / "attacks_curve.json").read_text())
+    assert saved["curves"] == json.loads(json.dumps(result["curves"]))
+    assert "| ib | 1 |" in (out / "attacks_curve.md").read_text()
+    picture = np.asarray(Image.open(out / "attacks_curve.png"))
+    assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.std() > 0
+    with pytest.raises(SystemExit, match="not a zoo name"):
+        dpfe_attacks.main(["no-such-extractor", "--out", str(out)])
+    with pytest.raises(SystemExit, match="ratios"):
+        dpfe_attacks.main([folders[0], "--ratios", "-1", "--out", str(out)])
