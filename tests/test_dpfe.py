@@ -469,6 +469,24 @@ def test_onnx_export_parity(tmp_path):
     )
 
 
+def test_onnx_export_of_a_noisy_channel_extractor_keeps_the_channel(tmp_path):
+    from models.dpfe.onnx_export import export_feature_extractor, onnx_parity
+
+    model = DPFE(stage="dpfe", feature_noise=0.5).eval()
+    images = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    path = export_feature_extractor(model, tmp_path / "extractor.onnx")
+    assert onnx_parity(path, model, images) < 1e-5  # the deterministic part, through a channel-free twin
+    released = __import__("onnxruntime").InferenceSession(str(path)).run(None, {"image": images.numpy()})[0]
+    with torch.no_grad():
+        clean = model.extract(images)  # noisy as well
+        twin = export_feature_extractor(model, tmp_path / "twin.onnx", channel=False)
+    det = __import__("onnxruntime").InferenceSession(str(twin)).run(None, {"image": images.numpy()})[0]
+    assert float((released - det).std()) == pytest.approx(0.5, rel=0.1)  # the file draws the channel noise
+    assert float((clean.numpy() - det).std()) == pytest.approx(0.5, rel=0.1)  # as extract does
+    with pytest.raises(ValueError, match="channel"):  # a file without the channel is refused
+        onnx_parity(twin, model, images)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Hub layout (models.hub) and the zoo evaluation (models.dpfe.evaluate)
 # ----------------------------------------------------------------------------------------------------

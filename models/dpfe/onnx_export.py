@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,35 +14,41 @@ __all__ = ["FeatureExtractor", "export_feature_extractor", "onnx_latency", "onnx
 
 
 class FeatureExtractor(nn.Module):
-    """``x [B, C, H, W] -> f [B, d]``: the layers up to the cut and the AE encoder + BatchNorm (eval mode).
+    """``x [B, C, H, W] -> f [B, d]``: the layers up to the cut and the AE encoder + BatchNorm (eval mode),
+    plus the channel noise of a ``feature_noise > 0`` model (ONNX ``RandomNormalLike``), as ``extract`` does.
 
     Args:
         module: a trained :class:`models.dpfe.DPFE`.
+        channel: add the model's channel noise (``False``: the deterministic part only, for parity checks;
+            never release those features).
     """
 
-    def __init__(self, module) -> None:
+    def __init__(self, module, channel: bool = True) -> None:
         super().__init__()
         self.layers = module._elementary
         self.bottleneck = module.bottleneck
+        self.noise = float(module.hparams.get("feature_noise", 0.0)) if channel else 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.layers(x)
-        return h.flatten(1) if self.bottleneck is None else self.bottleneck.encode(h)
+        f = h.flatten(1) if self.bottleneck is None else self.bottleneck.encode(h)
+        return f + self.noise * torch.randn_like(f) if self.noise > 0 else f
 
 
-def export_feature_extractor(module, path: str | Path, opset: int = 17) -> Path:
+def export_feature_extractor(module, path: str | Path, opset: int = 17, channel: bool = True) -> Path:
     """Writes the feature extractor to ONNX with a dynamic batch axis.
 
     Args:
         module: a :class:`models.dpfe.DPFE`.
         path: output ``.onnx`` file.
         opset: ONNX opset.
+        channel: include the channel noise of a ``feature_noise > 0`` model (see :class:`FeatureExtractor`).
 
     Returns:
         The path written.
     """
     hp = module.hparams
-    extractor = FeatureExtractor(module).eval().cpu()
+    extractor = FeatureExtractor(module, channel).eval().cpu()
     dummy = torch.rand(2, hp.in_chans, hp.image_size, hp.image_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,11 +74,29 @@ def _session(path: str | Path):
 
 
 def onnx_parity(path: str | Path, module, images: torch.Tensor) -> float:
-    """Max abs difference between onnxruntime's and PyTorch's features on ``images`` ``[B, C, H, W]``."""
+    """Max abs difference between onnxruntime's and PyTorch's features on ``images`` ``[B, C, H, W]``.
+
+    For a ``feature_noise > 0`` model the file at ``path`` draws its own noise: the deterministic part is
+    compared through a channel-free twin export, and the file's noise must have the model's standard
+    deviation (``ValueError`` otherwise: a file that dropped the channel would release clean features).
+    """
+    x = images.cpu().numpy().astype(np.float32)
     with torch.no_grad():
-        ref = FeatureExtractor(module).eval().cpu()(images.cpu()).numpy()
-    out = _session(path).run(["features"], {"image": images.cpu().numpy().astype(np.float32)})[0]
-    return float(np.abs(out - ref).max())
+        ref = FeatureExtractor(module, channel=False).eval().cpu()(images.cpu()).numpy()
+    out = _session(path).run(["features"], {"image": x})[0]
+    noise = float(module.hparams.get("feature_noise", 0.0))
+    if noise == 0:
+        return float(np.abs(out - ref).max())
+    spread = float((out - ref).std())
+    if out.size >= 100 and abs(spread - noise) > 0.2 * noise:
+        raise ValueError(
+            f"{path}: its features differ from the clean ones by std {spread:.3g}, not the model's channel "
+            f"noise {noise:g}: re-export with export_feature_extractor(module, path) (channel=True)"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        twin = export_feature_extractor(module, Path(tmp) / "twin.onnx", channel=False)
+        det = _session(twin).run(["features"], {"image": x})[0]
+    return float(np.abs(det - ref).max())
 
 
 def onnx_latency(
