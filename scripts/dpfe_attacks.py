@@ -12,10 +12,13 @@ images) and, per point:
 * attribute inference: the class accuracy (and log-rank privacy) of a linear probe, an MLP probe and a
   10-NN vote, trained by the attacker on noisy releases of its own labelled training-split images
   (early stopping on a held-out part), scored on the 10,000 test images, disjoint from theirs;
-  ``worst_class_accuracy`` is the strongest of them, the curve's privacy axis. The floor is what knowing
-  z exactly gives: (distinct attribute vectors) / 10 = 0.30 for FU;
+  ``worst_class_accuracy`` is the strongest of them, the curve's privacy axis (``attacker_error`` =
+  1 - it). The floor is what knowing z exactly gives: (distinct attribute vectors) / 10 = 0.30 for FU;
 * the paper's KDE log-rank privacy of the noisy test features (Procedure 2's measure);
 * a learned MLP reconstruction of the image from the noisy features (NMSE, SSIM).
+
+It also prints whether each extractor's curve is Acc-Priv superior (Definition 11, ``compare_curves``) to
+each other's, by LRP and by the strongest attacker's error.
 
 The attackers are those of ``scripts/attack.py`` with its full-run sizes (``--quick``: its quick sizes).
 Writes ``attacks_curve.json``, ``attacks_curve.md`` and ``attacks_curve.png`` (z-accuracy against the
@@ -41,7 +44,7 @@ from models.attacks.inference import probe_attack
 from models.attacks.inversion import learned_inversion
 from models.dpfe import DPFE, add_feature_noise, feature_covariance, identity_privacy
 from models.dpfe.attributes import fashion_mnist_attribute_table
-from models.dpfe.curve import z_accuracy
+from models.dpfe.curve import compare_curves, z_accuracy
 from models.io import atomic_write_text
 
 PROBES = ("linear", "mlp", "knn")
@@ -94,6 +97,7 @@ def attack(
         strongest = max(PROBES, key=lambda a: row[f"{a}_class_accuracy"])
         row["worst_class_accuracy"] = row[f"{strongest}_class_accuracy"]
         row["worst_attacker"] = strongest
+        row["attacker_error"] = 1.0 - row["worst_class_accuracy"]  # higher = more private, for compare_curves
         row["worst_lrp"] = min(row[f"{a}_lrp"] for a in PROBES)
         row["lrp"] = float(identity_privacy(rel["test"].double(), y["test"], 10)["lrp"])  # paper's KDE
         if inversion:
@@ -180,6 +184,13 @@ def main(argv: list[str] | None = None) -> dict:
         curves[Path(path).name] = attack(model, data, sizes, args.ratios, args.seed, not args.no_inversion)
         seconds[Path(path).name] = round(time.perf_counter() - t0, 1)
     floor_acc = floor(next(iter(models.values())))
+    # Acc-Priv superiority (Definition 11) of every extractor over every other, by LRP and by attacker error
+    superior = {
+        f"{a} over {b}": {p: compare_curves(curves[a], curves[b], p) for p in ("lrp", "attacker_error")}
+        for a in curves
+        for b in curves
+        if a != b
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {
@@ -187,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sizes": {k: sizes[k] for k in ("fit", "holdout", "test", "epochs")},
         "models": {Path(p).name: p for p in args.models},
         "seconds": seconds,
+        "superior": superior,
         "curves": curves,
     }
     atomic_write_text(out / "attacks_curve.json", json.dumps(result, indent=2))
@@ -204,6 +216,12 @@ def main(argv: list[str] | None = None) -> dict:
         run.log({"dpfe/attacks_curve": wandb.Image(picture)})
         run.finish()
     print(markdown(curves, floor_acc, sizes))
+    for pair, by in superior.items():
+        print(
+            f"{pair}: Acc-Priv superior by LRP at every r {by['lrp']['per_ratio']}, at equal accuracy "
+            f"{by['lrp']['per_accuracy']}; by attacker error at every r {by['attacker_error']['per_ratio']}, "
+            f"at equal accuracy {by['attacker_error']['per_accuracy']}"
+        )
     print(f"wrote {out / 'attacks_curve.json'}, {out / 'attacks_curve.md'}, {out / 'attacks_curve.png'}")
     return result
 
