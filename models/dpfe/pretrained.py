@@ -1,4 +1,5 @@
-"""DPFE's pretrained checkpoints: the paper's extractor and its Simple baseline (Fashion-MNIST analogue)."""
+"""DPFE's pretrained checkpoints (Fashion-MNIST analogue): the paper's extractor, its Simple baseline and
+the noisy-channel information-bottleneck extractor beyond the paper."""
 
 from functools import partial
 
@@ -38,5 +39,10 @@ ZOO = (
     _entry(
         "dpfe-fashion-mnist-simple",
         "DPFE's Simple baseline (AE bottleneck, no y-remover; d = 10, attribute set FU), r = 0",
+    ),
+    _entry(
+        "dpfe-fashion-mnist-ib",
+        "DPFE + noisy-channel information bottleneck (beyond the paper: feature_noise 0.7 in training and "
+        "at every release; d = 10, attribute set FU), r = 0",
     ),
 )
