@@ -33,6 +33,7 @@ SIZES = {
         "test": 10000,
         "epochs": 15,
         "patience": 2,
+        "probe_patience": 10,  # probes on low-dimensional releases are cheap: let them converge
         "num_query": 2000,
         "num_database": 10000,
         "num_train": 5000,
@@ -46,6 +47,7 @@ SIZES = {
         "test": 500,
         "epochs": 3,
         "patience": 1,
+        "probe_patience": 2,
         "num_query": 200,
         "num_database": 1000,
         "num_train": 500,
@@ -168,7 +170,8 @@ def run_release_attacks(
             elif name in _PROBES:
                 r = probe_attack(
                     rel["fit"], y["fit"], rel["holdout"], y["holdout"], rel["test"], y["test"], 10,
-                    arch=name.replace("probe_", ""), max_epochs=4 * epochs, patience=patience, seed=seed,
+                    arch=name.replace("probe_", ""), max_epochs=4 * epochs, patience=sizes["probe_patience"],
+                    seed=seed,
                 )  # fmt: skip
                 who = _who(data, **({"epochs": r["epochs"]} if "epochs" in r else {"k": r.get("k")}))
                 for metric in ("class_accuracy", "lrp"):

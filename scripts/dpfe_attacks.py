@@ -10,8 +10,8 @@ images) and, per point:
 
 * utility: the z-accuracy of the server's z-predictor on the noisy test features;
 * attribute inference: the class accuracy (and log-rank privacy) of a linear probe, an MLP probe and a
-  10-NN vote, trained by the attacker on noisy releases of its own labelled training-split images
-  (early stopping on a held-out part), scored on the 10,000 test images, disjoint from theirs;
+  k-NN vote, trained by the attacker on noisy releases of its own labelled training-split images
+  (early stopping / k chosen on a held-out part), scored on the 10,000 test images, disjoint from theirs;
   ``worst_class_accuracy`` is the strongest of them, the curve's privacy axis (``attacker_error`` =
   1 - it). The floor is what knowing z exactly gives: (distinct attribute vectors) / 10 = 0.30 for FU;
 * the paper's KDE log-rank privacy of the noisy test features (Procedure 2's measure);
@@ -90,7 +90,7 @@ def attack(
         for arch in PROBES:
             res = probe_attack(
                 rel["fit"], y["fit"], rel["holdout"], y["holdout"], rel["test"], y["test"], 10,
-                arch=arch, max_epochs=4 * sizes["epochs"], patience=sizes["patience"], seed=seed,
+                arch=arch, max_epochs=4 * sizes["epochs"], patience=sizes["probe_patience"], seed=seed,
             )  # fmt: skip
             row[f"{arch}_class_accuracy"] = res["class_accuracy"]
             row[f"{arch}_lrp"] = res["lrp"]
@@ -147,7 +147,7 @@ def markdown(curves: dict[str, list[dict]], floor_acc: float, sizes: dict) -> st
         f"Attackers train on {sizes['fit']} + {sizes['holdout']} of their own training-split images and are "
         f"scored on {sizes['test']} test images. Floor (an attacker who knows z exactly): {floor_acc:.2f}.",
         "",
-        "| model | r | z acc | linear | MLP | 10-NN | strongest | strongest-probe LRP | KDE LRP "
+        "| model | r | z acc | linear | MLP | k-NN | strongest | strongest-probe LRP | KDE LRP "
         "| inversion NMSE |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]

@@ -304,3 +304,14 @@ def test_attack_script_merge_keeps_other_attacks(fashion_mnist_dir, tmp_path):
     }
     with pytest.raises(SystemExit, match="attack_settings"):
         script.main(argv[:-1] + ["7", "--attacks", "ks_test"])
+
+
+def test_knn_attacker_tunes_k_on_its_holdout():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (3000,), generator=g)
+    z = torch.nn.functional.one_hot(y, 10).float() + 1.5 * torch.randn(3000, 10, generator=g)  # noisy
+    parts = (z[:2000], y[:2000], z[2000:2500], y[2000:2500], z[2500:], y[2500:])
+    tuned = probe_attack(*parts, 10, "knn", k=(1, 200))
+    assert tuned["k"] == 200  # noisy releases: the large k wins on the holdout
+    one = probe_attack(*parts, 10, "knn", k=1)
+    assert one["k"] == 1 and tuned["class_accuracy"] > one["class_accuracy"] + 0.05

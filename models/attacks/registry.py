@@ -70,7 +70,8 @@ _SPECS = (
     AttackSpec(
         "knn",
         "attribute_inference",
-        "as probe_linear with a k-nearest-neighbour vote (standardised features, k = 10)",
+        "as probe_linear with a k-nearest-neighbour vote (standardised features, k in 10 / 50 / 200 "
+        "chosen on its held-out part)",
     ),
     AttackSpec(
         "paper_kde",
