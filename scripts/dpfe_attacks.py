@@ -4,7 +4,9 @@ accuracy-privacy curve per extractor, all on one plot.
     python scripts/dpfe_attacks.py dpfe-fashion-mnist dpfe-fashion-mnist-simple dpfe-fashion-mnist-ib \\
         [--ratios 0 0.1 0.5 1 2.5] [--data-dir data] [--out runs/dpfe_attacks]
 
-Each model is a zoo name, a zoo folder or a Lightning checkpoint. For every noise ratio r the released
+Each model is a zoo name, a zoo folder or a Lightning checkpoint. ``--split val`` evaluates on the 5,000
+held-out training images instead of the test set (attackers on the other training images): use it to
+choose among candidates. For every noise ratio r the released
 features get Procedure 2's noise N(0, r C) (C = covariance of the releases of the attacker's own training
 images) and, per point:
 
@@ -40,6 +42,7 @@ import torch
 from attack import SIZES, _batched, standard_data
 
 from models import zoo
+from models.attacks.data import attacker_split, check_disjoint
 from models.attacks.inference import probe_attack
 from models.attacks.inversion import learned_inversion
 from models.dpfe import DPFE, add_feature_noise, feature_covariance, identity_privacy
@@ -60,6 +63,28 @@ def load(path: str) -> DPFE:
     if not Path(path).is_file():
         raise SystemExit(f"{path}: not a zoo name ({', '.join(zoo.available())}), folder or checkpoint")
     return DPFE.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
+
+
+def validation_data(data_dir: str, sizes: dict, seed: int, val_size: int = 5000) -> dict:
+    """Rows for choosing among extractors without the test set: the evaluated images are the
+    ``val_size`` held-out training images of the DPFE configs (not trained on), the attacker's rows come
+    from the other training images."""
+    from datamodules import FashionMNISTDataModule
+
+    dm = FashionMNISTDataModule(data_dir=data_dir, download=False, val_size=val_size)
+    dm.prepare_data()
+    dm.setup("fit")
+    train_rows = dm.train_set.indices
+    fit_pos, hold_pos = attacker_split(len(train_rows), sizes["fit"], sizes["holdout"], seed)
+    fit, hold, val = train_rows[fit_pos], train_rows[hold_pos], dm.val_set.indices[: sizes["test"]]
+    check_disjoint(attacker_fit=fit, attacker_holdout=hold, evaluated=val)
+    return {
+        "pool": dm.train_set.images,
+        "labels": dm.train_set.labels,
+        "fit": fit,
+        "holdout": hold,
+        "test": val,
+    }
 
 
 def floor(model: DPFE, num_classes: int = 10) -> float:
@@ -140,12 +165,14 @@ def plot(curves: dict[str, list[dict]], floor_acc: float) -> np.ndarray:
     return picture
 
 
-def markdown(curves: dict[str, list[dict]], floor_acc: float, sizes: dict) -> str:
+def markdown(curves: dict[str, list[dict]], floor_acc: float, sizes: dict, split: str = "test") -> str:
+    where = "test set" if split == "test" else "validation split (held-out training images)"
     lines = [
-        "# DPFE extractors under attack, Fashion-MNIST test set (scripts/dpfe_attacks.py)",
+        f"# DPFE extractors under attack, Fashion-MNIST {where} (scripts/dpfe_attacks.py)",
         "",
         f"Attackers train on {sizes['fit']} + {sizes['holdout']} of their own training-split images and are "
-        f"scored on {sizes['test']} test images. Floor (an attacker who knows z exactly): {floor_acc:.2f}.",
+        f"scored on {sizes['test']} evaluated {split} images. Floor (an attacker who knows z exactly): "
+        f"{floor_acc:.2f}.",
         "",
         "| model | r | z acc | linear | MLP | k-NN | strongest | strongest-probe LRP | KDE LRP "
         "| inversion NMSE |",
@@ -171,13 +198,25 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="scripts/attack.py's quick sizes")
     p.add_argument("--no-inversion", action="store_true", help="skip the learned reconstruction")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-size", type=int, default=5000, help="held-out training images (as in the configs)")
+    p.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="evaluated images: the test set, or (to choose among candidates) the 5,000 held-out training "
+        "images of the configs, with the attackers' rows from the other training images",
+    )
     p.add_argument("--no-wandb", action="store_true")
     args = p.parse_args(argv)
     if any(r < 0 for r in args.ratios):
         raise SystemExit(f"--ratios must be >= 0 (Procedure 2's r), got {args.ratios}")
     sizes = SIZES["quick" if args.quick else "full"]
     models = {path: load(path) for path in args.models}  # fail on a bad name before any work
-    data = standard_data(args.data_dir, sizes, seed=args.seed)
+    data = (
+        standard_data(args.data_dir, sizes, seed=args.seed)
+        if args.split == "test"
+        else validation_data(args.data_dir, sizes, args.seed, args.val_size)
+    )
     curves, seconds = {}, {}
     for path, model in models.items():
         t0 = time.perf_counter()
@@ -195,6 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     result = {
         "floor": floor_acc,
+        "split": args.split,
         "sizes": {k: sizes[k] for k in ("fit", "holdout", "test", "epochs")},
         "models": {Path(p).name: p for p in args.models},
         "seconds": seconds,
@@ -202,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
         "curves": curves,
     }
     atomic_write_text(out / "attacks_curve.json", json.dumps(result, indent=2))
-    atomic_write_text(out / "attacks_curve.md", markdown(curves, floor_acc, sizes))
+    atomic_write_text(out / "attacks_curve.md", markdown(curves, floor_acc, sizes, args.split))
     from PIL import Image
 
     picture = plot(curves, floor_acc)
@@ -215,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
         run = wandb.init(project="privzoo", name="dpfe-attacks", dir=str(out), job_type="eval", config=result)
         run.log({"dpfe/attacks_curve": wandb.Image(picture)})
         run.finish()
-    print(markdown(curves, floor_acc, sizes))
+    print(markdown(curves, floor_acc, sizes, args.split))
     for pair, by in superior.items():
         print(
             f"{pair}: Acc-Priv superior by LRP at every r {by['lrp']['per_ratio']}, at equal accuracy "

@@ -665,6 +665,26 @@ def test_dpfe_attacks_script_writes_one_curve_per_extractor(fashion_mnist_dir, t
     assert "| ib | 1 |" in (out / "attacks_curve.md").read_text()
     picture = np.asarray(Image.open(out / "attacks_curve.png"))
     assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.std() > 0
+    val_args = [
+        "--split",
+        "val",
+        "--val-size",
+        "32",
+        "--out",
+        str(tmp_path / "val"),
+        "--no-wandb",
+        "--no-inversion",
+    ]
+    val = dpfe_attacks.main([*argv, *val_args])
+    assert val["split"] == "val" and "validation split" in (tmp_path / "val" / "attacks_curve.md").read_text()
+    rows = dpfe_attacks.validation_data(str(fashion_mnist_dir), dpfe_attacks.SIZES["quick"], 0, 32)
+    assert (
+        len(rows["test"]) == 32 and (rows["test"] < 128).all()
+    )  # held-out TRAINING images, not the test set
+    assert (
+        not torch.isin(rows["fit"], rows["test"]).any()
+        and not torch.isin(rows["holdout"], rows["test"]).any()
+    )
     with pytest.raises(SystemExit, match="not a zoo name"):
         dpfe_attacks.main(["no-such-extractor", "--out", str(out)])
     with pytest.raises(SystemExit, match="ratios"):
