@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--ratios must be >= 0 (Procedure 2's r), got {args.ratios}")
     sizes = SIZES["quick" if args.quick else "full"]
     models = {path: load(path) for path in args.models}  # fail on a bad name before any work
+    names = [Path(p).name for p in args.models]
+    labels = {p: (n if names.count(n) == 1 else p) for p, n in zip(args.models, names, strict=True)}
     data = (
         standard_data(args.data_dir, sizes, seed=args.seed)
         if args.split == "test"
@@ -220,8 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
     curves, seconds = {}, {}
     for path, model in models.items():
         t0 = time.perf_counter()
-        curves[Path(path).name] = attack(model, data, sizes, args.ratios, args.seed, not args.no_inversion)
-        seconds[Path(path).name] = round(time.perf_counter() - t0, 1)
+        curves[labels[path]] = attack(model, data, sizes, args.ratios, args.seed, not args.no_inversion)
+        seconds[labels[path]] = round(time.perf_counter() - t0, 1)
     floor_acc = floor(next(iter(models.values())))
     # Acc-Priv superiority (Definition 11) of every extractor over every other, by LRP and by attacker error
     superior = {
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
         "floor": floor_acc,
         "split": args.split,
         "sizes": {k: sizes[k] for k in ("fit", "holdout", "test", "epochs")},
-        "models": {Path(p).name: p for p in args.models},
+        "models": {labels[p]: p for p in args.models},
         "seconds": seconds,
         "superior": superior,
         "curves": curves,
