@@ -42,7 +42,7 @@ ZOO = (
     ),
     _entry(
         "dpfe-fashion-mnist-ib",
-        "DPFE + noisy-channel information bottleneck (beyond the paper: feature_noise 0.7 in training and "
+        "DPFE + noisy-channel information bottleneck (beyond the paper: feature_noise 0.85 in training and "
         "at every release; d = 10, attribute set FU), r = 0",
     ),
 )
