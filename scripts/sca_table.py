@@ -180,12 +180,14 @@ def tradeoff(model, data: dict, args, bar=None) -> dict:
     from models.attacks.distinguish import ks_attack, noise_classifier_attack
     from models.attacks.inversion import learned_inversion, mean_image_nmse
     from models.attacks.metrics import nmse, ssim
+    from models.sca.ambiguation import match_decoys
 
     sx, seed, pool_img = args.table_sx, args.seed, data["pool"]
     x = {k: pool_img[data[k]] for k in ("fit", "holdout", "test")}
     xf = {k: v.float() / 255 for k, v in x.items()}
     codes = {k: _batched(model.encode, v, sx=sx) for k, v in x.items()}
     decoys = _batched(model.encode, pool_img[data["decoy"]], sx=sx)
+    shape = (int(model.hparams.code_maps), int(model.hparams.code_length))
     search_q, search_db = x["test"][: args.num_query], x["test"][args.num_query :]
     out = {
         "mean_image_nmse": round(mean_image_nmse(xf["fit"], xf["test"]), 4),
@@ -239,6 +241,17 @@ def tradeoff(model, data: dict, args, bar=None) -> dict:
                     "nmse": round(r["nmse"], 4),
                     "ssim": round(r["ssim"], 4),
                     "epochs": r["epochs"],
+                }
+            if mechanism == "decoy":  # outside the threat model (the pool is secret): what a leak costs
+                with torch.no_grad():
+                    found = match_decoys(pub["test"].view(-1, *shape), decoys.view(-1, *shape)).flatten(1)
+                    leak = _batched_decode(model, model.purify(pub["test"], found))
+                row["pool_leaked"] = {
+                    "nmse": round(nmse(leak, xf["test"]), 4),
+                    "ssim": round(ssim(leak, xf["test"]), 4),
+                    "support_recovered": round(
+                        float((found == (codes["test"] != 0)).all(1).double().mean()), 4
+                    ),
                 }
             strongest = min(RECON_ATTACKS, key=lambda a: row["attacks"][a]["nmse"])
             row["strongest_attack"] = strongest
@@ -340,6 +353,20 @@ def tradeoff_markdown(result: dict) -> str:
     for r in result["rows"]:
         cells = [f"{r['attacks'][a]['nmse']:.4f} / {r['attacks'][a]['ssim']:.4f}" for a in RECON_ATTACKS]
         lines.append(f"| {r['mechanism']} | {r['sp']} | " + " | ".join(cells) + " |")
+    leaked = [r for r in result["rows"] if "pool_leaked" in r]
+    if leaked:
+        lines += [
+            "",
+            "Outside the threat model: a server that holds the decoy pool removes the decoys by exact "
+            "matching (NMSE / SSIM of its reconstruction, fraction of codes whose support it recovers "
+            "exactly). The pool must stay the data owner's secret:",
+            "",
+        ]
+        lines += [
+            f"- decoy Sp={r['sp']}: {r['pool_leaked']['nmse']:.4f} / {r['pool_leaked']['ssim']:.4f}, "
+            f"support recovered {r['pool_leaked']['support_recovered']:.4f}"
+            for r in leaked
+        ]
     lines += [""]
     for mechanism, first in result["first_sp_meeting_target"].items():
         if first is None:

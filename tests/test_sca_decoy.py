@@ -7,6 +7,7 @@ import torch
 from fixtures import quiet_trainer
 
 from models.sca import SCA, ambiguate_codes, decoy_ambiguate
+from models.sca.ambiguation import match_decoys
 
 
 def _sparse(b, length, nnz, g):
@@ -57,6 +58,8 @@ def test_decoy_entries_are_real_codes_entries_off_the_support():
         rows, _, cols = ((public != 0) & ~support).nonzero(as_tuple=True)
         # every decoy entry is the value of some pool code at that very position
         assert all(bool((pool[:, 0, c] == public[r, 0, c]).any()) for r, c in zip(rows, cols, strict=True))
+        # a server holding the pool recovers the support exactly: the pool is the data owner's secret
+        assert torch.equal(match_decoys(public, pool), support)
     again = decoy_ambiguate(codes, 11, pool, torch.Generator().manual_seed(11))
     torch.testing.assert_close(again, decoy_ambiguate(codes, 11, pool, torch.Generator().manual_seed(11)))
 
@@ -181,6 +184,7 @@ def test_tradeoff_table_on_tiny_inputs(tiny_sca, fashion_mnist_dir, tmp_path):
         assert r["strongest_nmse"] == min(a["nmse"] for a in r["attacks"].values())
         assert set(r["attacks"]) >= {"inversion_mlp", "inversion_conv", "posterior_mean"}
         assert 0 <= r["search"]["recall"] <= 1 and r["search"]["sq"] == 2 and 0.0 <= r["auc"] <= 1.0
+        assert ("pool_leaked" in r) == (r["mechanism"] == "decoy")
     saved = json.loads((tmp_path / "all" / "tradeoff.json").read_text())
     assert saved["rows"] == rows and saved["settings"]["fit"] == 40
     md = (tmp_path / "all" / "tradeoff.md").read_text()

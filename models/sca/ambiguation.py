@@ -35,6 +35,7 @@ __all__ = [
     "decoy_ambiguate",
     "empirical_cdf",
     "gap_ratios",
+    "match_decoys",
     "quantile_grid",
     "empirical_quantile",
     "purify",
@@ -341,6 +342,30 @@ def decoy_ambiguate(
         )
     positions = key.topk(sp, dim=-1, largest=False).indices  # the first sp filled positions
     return codes.clone().scatter_(-1, positions, value.gather(-1, positions))
+
+
+def match_decoys(public: Tensor, pool: Tensor) -> Tensor:
+    """What a server holding the decoy pool learns: the entries of ``public`` that are NOT a pool code's
+    value at the same position (exact match), i.e. its estimate of the true support.
+
+    Args:
+        public: ``[B, maps, L]`` public codes (decoy mechanism).
+        pool: ``[N, maps, L]`` the decoy pool (leaked).
+
+    Returns:
+        ``[B, maps, L]`` bool, the non-zeros of ``public`` that match no pool entry at their position.
+    """
+    if tuple(pool.shape[1:]) != tuple(public.shape[1:]):
+        raise ValueError(f"pool codes {tuple(pool.shape)} and public codes {tuple(public.shape)} differ")
+    keep = public != 0
+    _, maps, length = public.shape
+    for m in range(maps):
+        for pos in range(length):
+            values = pool[:, m, pos]
+            values = values[values != 0]
+            if len(values):
+                keep[:, m, pos] &= ~torch.isin(public[:, m, pos], values.to(public.dtype))
+    return keep
 
 
 def purify(public: Tensor, support_mask: Tensor) -> Tensor:
