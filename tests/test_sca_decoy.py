@@ -194,3 +194,77 @@ def test_tradeoff_table_on_tiny_inputs(tiny_sca, fashion_mnist_dir, tmp_path):
     image = Image.open(tmp_path / "all" / "tradeoff.png")
     assert image.mode == "RGB" and image.size[0] > 100
     assert list((tmp_path / "all" / "wandb").glob("offline-run-*"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# ONNX export of the client side
+# ----------------------------------------------------------------------------------------------------
+def _spread_tiny(tiny_sca, **kw):
+    torch.manual_seed(0)
+    model = tiny_sca(**kw).eval()
+    model.transform.copy_(torch.linalg.qr(torch.randn(32, 32))[0][None])
+    with torch.no_grad():
+        feats = model.features(torch.rand(300, 1, 28, 28))
+        model.refit(feats, refit_transform=False)  # quantile / gap-ratio tables of these coefficients
+    return model
+
+
+@pytest.mark.parametrize("mechanism", ["paper", "decoy"])
+def test_onnx_client_matches_pytorch(tiny_sca, tmp_path, mechanism):
+    from models.sca.onnx_export import SCAClient, client_noise, export_client, onnx_parity
+
+    model = _spread_tiny(tiny_sca)
+    x = torch.rand(6, 1, 28, 28)
+    with torch.no_grad():
+        pool = model.encode(torch.rand(40, 1, 28, 28))
+        client = SCAClient(model, 8, mechanism=mechanism, num_decoys=30).eval()
+        noise = client_noise(client, 6, torch.Generator().manual_seed(1), pool)
+        public, codes = client(x, *noise)
+        torch.testing.assert_close(codes, model.encode(x))
+        assert ((public != 0).sum(1) == 12).all() and torch.equal(public[codes != 0], codes[codes != 0])
+        if mechanism == "decoy":  # the same draws as the PyTorch mechanism: the same public codes
+            ref = model.ambiguate(codes, 8, torch.Generator().manual_seed(1), mechanism="decoy", pool=pool)
+            torch.testing.assert_close(public, ref, rtol=0, atol=0)
+    path = export_client(client, tmp_path / f"{mechanism}.onnx")
+    parity = onnx_parity(path, client, x, noise)
+    assert parity["codes_max_abs_diff"] < 1e-5 and parity["public_max_abs_diff"] < 1e-3
+    assert parity["support_mismatch_rate"] == 0
+
+
+def test_onnx_paper_client_draws_the_papers_noise_law(tiny_sca):
+    from scipy import stats
+
+    from models.sca.onnx_export import SCAClient, client_noise
+
+    model = _spread_tiny(tiny_sca)
+    with torch.no_grad():
+        codes = model.encode(torch.rand(400, 1, 28, 28))
+        client = SCAClient(model, 8, mechanism="paper")
+        public, _ = client(
+            torch.rand(400, 1, 28, 28), *client_noise(client, 400, torch.Generator().manual_seed(0))
+        )
+        ref = model.ambiguate(codes, 8, torch.Generator().manual_seed(0))
+    ours = public[(public != 0)].abs()
+    theirs = ref[ref != 0].abs()
+    # same law of the public codes' magnitudes (informative + noise), Gumbel-top-k vs multinomial
+    assert stats.ks_2samp(ours.numpy(), theirs.numpy()).pvalue > 1e-3
+
+
+def test_onnx_script_and_its_errors(tiny_sca, tmp_path, capsys):
+    import sca_onnx
+
+    from models.sca.onnx_export import SCAClient, client_noise
+
+    model = _spread_tiny(tiny_sca)
+    trainer = quiet_trainer(max_epochs=0)
+    trainer.strategy.connect(model)
+    ckpt = tmp_path / "tiny.ckpt"
+    trainer.save_checkpoint(ckpt)
+    out = sca_onnx.main(["--ckpt", str(ckpt), "--sp", "8", "--out", str(tmp_path / "c.onnx"), "--runs", "3"])
+    assert out["size_mb"] > 0 and out["latency_ms"] > 0 and out["support_mismatch_rate"] == 0
+    assert "latency:" in capsys.readouterr().out
+    client = SCAClient(model, 8, mechanism="decoy")
+    with pytest.raises(ValueError, match="needs the data owner's decoy pool"):
+        client_noise(client, 2)
+    with pytest.raises(ValueError, match="L - Sx"):
+        SCAClient(model, 29)
