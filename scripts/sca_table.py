@@ -434,11 +434,17 @@ def run_tradeoff(args, model, name: str) -> dict:
 
     sizes = {"fit": args.fit, "holdout": args.holdout, "test": args.limit or 10000}
     data = standard_data(args.data_dir, sizes, args.seed)
-    used = torch.cat([data["fit"], data["holdout"]])
-    rows = torch.arange(len(data["pool"]))
-    rows = rows[~torch.isin(rows, used)]
+    from models.attacks.data import check_disjoint
+
+    dm = FashionMNISTDataModule(data_dir=args.data_dir, download=False, val_size=1)  # as standard_data
+    dm.prepare_data()
+    dm.setup("test")
+    rows = torch.cat([dm.train_set.indices, dm.val_set.indices])  # the training split's rows of the pool
+    rows = rows[~torch.isin(rows, torch.cat([data["fit"], data["holdout"]]))]
     rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(args.seed + 7))]
     data["decoy"] = rows[: args.decoy_pool]
+    check_disjoint(decoy_pool=data["decoy"], evaluated=data["test"], attacker_fit=data["fit"])
+    check_disjoint(decoy_pool=data["decoy"], attacker_holdout=data["holdout"])
     start = time.time()
     result = tradeoff(model, data, args)
     result.update(
