@@ -389,7 +389,7 @@ def tradeoff_plot(result: dict):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(15, 4), dpi=100)
     for mechanism in dict.fromkeys(r["mechanism"] for r in result["rows"]):
         rows = [r for r in result["rows"] if r["mechanism"] == mechanism]
         sps = [r["sp"] for r in rows]
@@ -397,10 +397,18 @@ def tradeoff_plot(result: dict):
         ax.plot(sps, [r["authorized"]["nmse"] for r in rows], "x--", label=f"{mechanism}: authorized")
         bx.plot([0] + sps, [result["search_sp0"]["recall"]] + [r["search"]["recall"] for r in rows], "o-",
                 label=mechanism)  # fmt: skip
+        cx.plot(
+            [r["search"]["recall"] for r in rows], [r["strongest_nmse"] for r in rows], "o-", label=mechanism
+        )
+        for r in rows:
+            cx.annotate(str(r["sp"]), (r["search"]["recall"], r["strongest_nmse"]), fontsize=7)
     ax.axhline(SERVER_TARGET, color="k", lw=0.8, ls=":", label=f"target {SERVER_TARGET}")
     ax.axhline(result["mean_image_nmse"], color="gray", lw=0.8, ls="-.", label="mean image")
     ax.set(xlabel="Sp", ylabel="NMSE (test)", title="reconstruction")
     bx.set(xlabel="Sp", ylabel="recall@10 (pixel-domain truth)", title="private search")
+    cx.axhline(SERVER_TARGET, color="k", lw=0.8, ls=":")
+    cx.set(xlabel="recall@10", ylabel="strongest attack NMSE", title="privacy vs search (labels: Sp)")
+    cx.legend(fontsize=7)
     ax.legend(fontsize=7)
     bx.legend(fontsize=7)
     fig.tight_layout()
