@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -317,6 +318,26 @@ def _batched_decode(model, codes: torch.Tensor, batch_size: int = 1000) -> torch
     return torch.cat([model.decode(codes[s : s + batch_size]) for s in range(0, len(codes), batch_size)])
 
 
+def tradeoff_commands(result: dict) -> list[str]:
+    """The commands that reproduce a trade-off result (one run per mechanism, then ``--combine``)."""
+    s = result["settings"]
+    model = result["model"]
+    source = f"--ckpt {model}" if model.endswith(".ckpt") or "/" in model else f"--zoo {model}"
+    common = (
+        f"scripts/sca_table.py {source} --tradeoff --tradeoff-sp {' '.join(map(str, s['sp']))} "
+        f"--fit {s['fit']} --holdout {s['holdout']} --epochs {s['epochs']} --patience {s['patience']} "
+        f"--noise-entries {s['noise_entries']} --noise-epochs {s['noise_epochs']} --decoy-pool "
+        f"{result['decoy_pool']} --num-query {s['num_query']} --sq {s['sq']} --seed {s['seed']} "
+        f"--limit {s['test']}"
+    )
+    mechanisms = s["mechanisms"]
+    if len(mechanisms) == 1 or "combined_from" not in result:
+        return [f"{common} --mechanisms {' '.join(mechanisms)}"]
+    runs = [f"{common} --mechanisms {m} --out runs/sca/tradeoff_{m}" for m in mechanisms]
+    parts = " ".join(f"runs/sca/tradeoff_{m}/tradeoff.json" for m in mechanisms)
+    return runs + [f"scripts/sca_table.py --combine {parts} --out runs/sca/tradeoff"]
+
+
 def tradeoff_markdown(result: dict) -> str:
     s = result["settings"]
     lines = [
@@ -353,6 +374,8 @@ def tradeoff_markdown(result: dict) -> str:
     for r in result["rows"]:
         cells = [f"{r['attacks'][a]['nmse']:.4f} / {r['attacks'][a]['ssim']:.4f}" for a in RECON_ATTACKS]
         lines.append(f"| {r['mechanism']} | {r['sp']} | " + " | ".join(cells) + " |")
+    lines += ["", "Reproduce (OMP_NUM_THREADS=1, data in `data/`):", "", "```bash"]
+    lines += tradeoff_commands(result) + ["```"]
     leaked = [r for r in result["rows"] if "pool_leaked" in r]
     if leaked:
         lines += [
@@ -435,6 +458,24 @@ def tradeoff_wandb(result: dict, image, out_dir: Path) -> None:
     run = wandb.init(project="privzoo", job_type="sca_tradeoff", dir=str(out_dir), config=result["settings"])
     run.log({"sca/tradeoff": table, "sca/tradeoff_plot": wandb.Image(image)})
     run.finish()
+
+
+def tradeoff_card(folder: str, result: dict, command: str) -> None:
+    """Writes the trade-off table into a checkpoint folder's card ("Ambiguation trade-off" section)."""
+    from models.cards import update_card_section
+
+    intro = (
+        "The privacy headline of this card stays the worst case of the shipped mechanism (the paper's, "
+        "'Privacy under attack'). This table measures the same weights with both ambiguation mechanisms "
+        "over Sp: `decoy` (privzoo's option, `SCA(ambiguation='decoy')`) fills the Sp positions with "
+        "informative entries of other real codes from a decoy pool. It is **not** shipped in these weights: "
+        "the pool must be the data owner's secret (codes of its own images, never released). Here a "
+        "training-split pool stands in for it, disjoint from the attacker's images; a server that holds the "
+        "pool removes the decoys by exact matching (last list below)."
+    )
+    update_card_section(
+        folder, "tradeoff", "Ambiguation trade-off", intro + "\n\n" + tradeoff_markdown(result), command
+    )
 
 
 def run_tradeoff(args, model, name: str) -> dict:
@@ -531,10 +572,20 @@ def main(argv: list[str] | None = None) -> dict:
     trade.add_argument(
         "--combine", nargs="+", default=None, help="merge these tradeoff.json runs into one table (no model)"
     )
+    trade.add_argument(
+        "--card",
+        default=None,
+        help="also write the trade-off table into the card of this checkpoint folder (e.g. "
+        "checkpoints/sca-fashion-mnist-sx16), as its 'Ambiguation trade-off' section",
+    )
     args = parser.parse_args(argv)
+    command = "scripts/sca_table.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
     if args.combine:
         out = "runs/sca/tradeoff" if args.out == "runs/sca/table" else args.out
-        return write_tradeoff(combine_tradeoffs(args.combine), Path(out), not args.no_wandb)
+        result = write_tradeoff(combine_tradeoffs(args.combine), Path(out), not args.no_wandb)
+        if args.card:
+            tradeoff_card(args.card, result, command)
+        return result
     if not (args.ckpt or args.zoo):
         parser.error("one of --ckpt / --zoo is required (or --combine)")
     if args.zoo:
@@ -548,7 +599,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.tradeoff:
         if args.out == "runs/sca/table":
             args.out = "runs/sca/tradeoff"
-        return run_tradeoff(args, model, name)
+        result = run_tradeoff(args, model, name)
+        if args.card:
+            tradeoff_card(args.card, result, command)
+        return result
     dm = FashionMNISTDataModule(
         data_dir=args.data_dir, eval_batch_size=args.batch_size, download=False, val_size=args.val_size
     )

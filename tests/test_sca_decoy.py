@@ -194,6 +194,24 @@ def test_tradeoff_table_on_tiny_inputs(tiny_sca, fashion_mnist_dir, tmp_path):
     image = Image.open(tmp_path / "all" / "tradeoff.png")
     assert image.mode == "RGB" and image.size[0] > 100
     assert list((tmp_path / "all" / "wandb").glob("offline-run-*"))
+    # the table goes into a checkpoint folder's card, once (a re-run replaces it), with its commands
+    folder = tmp_path / "card"
+    model.save_pretrained(folder, model_card_kwargs={"name": "sca-tiny"})
+    for _ in range(2):
+        sca_table.main(
+            ["--combine", *parts, "--out", str(tmp_path / "all"), "--no-wandb", "--card", str(folder)]
+        )
+    card = (folder / "README.md").read_text()
+    assert card.count("## Ambiguation trade-off") == 1 and card.count("<!-- privzoo:tradeoff:start -->") == 1
+    assert card.index("## Ambiguation trade-off") < card.index("## Threat model and limits")
+    assert "--mechanisms decoy --out runs/sca/tradeoff_decoy" in card and "not** shipped" in card
+    from models.cards import StaleCardError, update_card_section
+
+    with pytest.raises(ValueError, match="slug"):
+        update_card_section(folder, "Trade Off", "t", "b", "s")
+    (folder / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(StaleCardError, match="other weights"):
+        update_card_section(folder, "tradeoff", "t", "b", "s")
 
 
 # ----------------------------------------------------------------------------------------------------
