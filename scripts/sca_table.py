@@ -471,7 +471,9 @@ def tradeoff_card(folder: str, result: dict, command: str) -> None:
         "informative entries of other real codes from a decoy pool. It is **not** shipped in these weights: "
         "the pool must be the data owner's secret (codes of its own images, never released). Here a "
         "training-split pool stands in for it, disjoint from the attacker's images; a server that holds the "
-        "pool removes the decoys by exact matching (last list below)."
+        "pool removes the decoys by exact matching (last list below). The learned attackers train on the "
+        "sizes stated below; where those are smaller than the attack run's, 'Privacy under attack' is the "
+        "stronger (less private) measurement of the paper mechanism at the same Sp."
     )
     update_card_section(
         folder, "tradeoff", "Ambiguation trade-off", intro + "\n\n" + tradeoff_markdown(result), command
