@@ -475,9 +475,11 @@ def tradeoff_card(folder: str, result: dict, command: str) -> None:
         "sizes stated below; where those are smaller than the attack run's, 'Privacy under attack' is the "
         "stronger (less private) measurement of the paper mechanism at the same Sp."
     )
-    update_card_section(
-        folder, "tradeoff", "Ambiguation trade-off", intro + "\n\n" + tradeoff_markdown(result), command
-    )
+    s = result["settings"]
+    # one section per attacker size: a re-run with the same sizes replaces it
+    slug = f"tradeoff-fit{s['fit']}-epochs{s['epochs']}"
+    title = f"Ambiguation trade-off (attackers: {s['fit']} images, {s['epochs']} epochs)"
+    update_card_section(folder, slug, title, intro + "\n\n" + tradeoff_markdown(result), command)
 
 
 def run_tradeoff(args, model, name: str) -> dict:

@@ -202,8 +202,9 @@ def test_tradeoff_table_on_tiny_inputs(tiny_sca, fashion_mnist_dir, tmp_path):
             ["--combine", *parts, "--out", str(tmp_path / "all"), "--no-wandb", "--card", str(folder)]
         )
     card = (folder / "README.md").read_text()
-    assert card.count("## Ambiguation trade-off") == 1 and card.count("<!-- privzoo:tradeoff:start -->") == 1
-    assert card.index("## Ambiguation trade-off") < card.index("## Threat model and limits")
+    title = "## Ambiguation trade-off (attackers: 40 images, 1 epochs)"
+    assert card.count(title) == 1 and card.count("<!-- privzoo:tradeoff-fit40-epochs1:start -->") == 1
+    assert card.index(title) < card.index("## Threat model and limits")
     assert "--mechanisms decoy --out runs/sca/tradeoff_decoy" in card and "not** shipped" in card
     from models.cards import StaleCardError, update_card_section
 
