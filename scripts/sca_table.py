@@ -311,6 +311,7 @@ def combine_tradeoffs(paths: list[str]) -> dict:
         "first_sp_meeting_target": first_meeting_target(rows),
         "seconds": round(sum(part["seconds"] for part in parts), 1),
         "combined_from": list(paths),
+        "parts": [{k: part[k] for k in ("model", "settings", "decoy_pool")} for part in parts],
     }
 
 
@@ -319,7 +320,15 @@ def _batched_decode(model, codes: torch.Tensor, batch_size: int = 1000) -> torch
 
 
 def tradeoff_commands(result: dict) -> list[str]:
-    """The commands that reproduce a trade-off result (one run per mechanism, then ``--combine``)."""
+    """The commands that reproduce a trade-off result (each run, then ``--combine`` of their outputs)."""
+    if "parts" in result:
+        runs = [_run_command(part, f"runs/sca/tradeoff_{i}") for i, part in enumerate(result["parts"])]
+        outs = " ".join(f"runs/sca/tradeoff_{i}/tradeoff.json" for i in range(len(runs)))
+        return runs + [f"scripts/sca_table.py --combine {outs} --out runs/sca/tradeoff"]
+    return [_run_command(result, None)]
+
+
+def _run_command(result: dict, out: str | None) -> str:
     s = result["settings"]
     model = result["model"]
     source = f"--ckpt {model}" if model.endswith(".ckpt") or "/" in model else f"--zoo {model}"
@@ -330,12 +339,8 @@ def tradeoff_commands(result: dict) -> list[str]:
         f"{result['decoy_pool']} --num-query {s['num_query']} --sq {s['sq']} --seed {s['seed']} "
         f"--limit {s['test']}"
     )
-    mechanisms = s["mechanisms"]
-    if len(mechanisms) == 1 or "combined_from" not in result:
-        return [f"{common} --mechanisms {' '.join(mechanisms)}"]
-    runs = [f"{common} --mechanisms {m} --out runs/sca/tradeoff_{m}" for m in mechanisms]
-    parts = " ".join(f"runs/sca/tradeoff_{m}/tradeoff.json" for m in mechanisms)
-    return runs + [f"scripts/sca_table.py --combine {parts} --out runs/sca/tradeoff"]
+    command = f"{common} --mechanisms {' '.join(s['mechanisms'])}"
+    return command if out is None else f"{command} --out {out}"
 
 
 def tradeoff_markdown(result: dict) -> str:

@@ -205,7 +205,8 @@ def test_tradeoff_table_on_tiny_inputs(tiny_sca, fashion_mnist_dir, tmp_path):
     title = "## Ambiguation trade-off (attackers: 40 images, 1 epochs)"
     assert card.count(title) == 1 and card.count("<!-- privzoo:tradeoff-fit40-epochs1:start -->") == 1
     assert card.index(title) < card.index("## Threat model and limits")
-    assert "--mechanisms decoy --out runs/sca/tradeoff_decoy" in card and "not** shipped" in card
+    assert "--mechanisms decoy --out runs/sca/tradeoff_1" in card and "not** shipped" in card
+    assert "--combine runs/sca/tradeoff_0/tradeoff.json runs/sca/tradeoff_1/tradeoff.json" in card
     from models.cards import StaleCardError, update_card_section
 
     with pytest.raises(ValueError, match="slug"):
