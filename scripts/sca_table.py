@@ -300,7 +300,8 @@ def combine_tradeoffs(paths: list[str]) -> dict:
         diff = [k for k in same if part["settings"][k] != first["settings"][k]]
         if part["model"] != first["model"] or diff:
             raise SystemExit(f"{p} was measured with other settings ({diff or 'model'}) than {paths[0]}")
-    rows = [r for part in parts for r in part["rows"]]
+    order = {m: i for i, m in enumerate(MECHANISMS)}  # the paper's first, then by Sp
+    rows = sorted((r for part in parts for r in part["rows"]), key=lambda r: (order[r["mechanism"]], r["sp"]))
     settings = dict(first["settings"])
     settings["mechanisms"] = list(dict.fromkeys(r["mechanism"] for r in rows))
     settings["sp"] = sorted({r["sp"] for r in rows})
