@@ -46,6 +46,7 @@ __all__ = [
     "render_card",
     "update_card_attacks",
     "update_card_metrics",
+    "update_card_section",
 ]
 
 CARD_NAME = constants.REPOCARD_NAME  # "README.md"
@@ -467,5 +468,43 @@ def update_card_threat_model(folder: str | os.PathLike, text: str) -> ModelCard:
     if anchor not in card.text:
         raise ValueError(f"{folder / CARD_NAME} has no threat-model section: re-save it with save_pretrained")
     card.text = card.text[: card.text.index(anchor) + len(anchor)] + text.strip() + "\n"
+    card.save(folder / CARD_NAME)
+    return card
+
+
+def update_card_section(
+    folder: str | os.PathLike, slug: str, title: str, body: str, source: str
+) -> ModelCard:
+    """Writes a measured, script-rendered section (``## title``) into a card, before "## Threat model and
+    limits"; a later call with the same ``slug`` replaces it. ``body`` must come from a script run
+    (``source`` names the command), with the weights' sha256 appended.
+
+    Raises:
+        StaleCardError: ``model.safetensors`` is not the file the card was written for.
+    """
+    if not re.fullmatch(r"[a-z0-9-]+", slug):
+        raise ValueError(f"section slug must be lowercase letters, digits and '-', got {slug!r}")
+    folder = Path(folder)
+    card = _load_card(folder)
+    sha = file_sha256(folder / WEIGHTS_NAME)
+    if card.data.privzoo.get("weights_sha256") != sha:
+        raise StaleCardError(
+            f"{folder / CARD_NAME} was written for other weights than its model.safetensors (sha256 {sha}): "
+            "re-save the folder and measure again"
+        )
+    start, end = f"<!-- privzoo:{slug}:start -->", f"<!-- privzoo:{slug}:end -->"
+    header = f"Measured by `{source}` on `model.safetensors` with sha256 `{sha}`."
+    block = f"{start}\n{header}\n\n{body.strip()}\n{end}"
+    if start in card.text and end in card.text:
+        pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), flags=re.S)
+        card.text = pattern.sub(lambda _: block, card.text, count=1)
+    else:
+        section = f"## {title}\n\n{block}\n\n"
+        anchor = "## Threat model and limits"
+        card.text = (
+            card.text.replace(anchor, section + anchor, 1)
+            if anchor in card.text
+            else card.text + "\n" + section
+        )
     card.save(folder / CARD_NAME)
     return card

@@ -2,6 +2,7 @@
 
 from models.sca.ambiguation import (
     ambiguate_codes,
+    decoy_ambiguate,
     gap_ratios,
     purify,
     sample_complement_tail,
@@ -9,7 +10,7 @@ from models.sca.ambiguation import (
 )
 from models.sca.index import SupportIntersectionIndex
 from models.sca.metrics import NMSE, RecallAtT, intra_inter_kl, pixel_ground_truth, support_probabilities
-from models.sca.module import SCA, SERVER_ATTACKS
+from models.sca.module import MECHANISMS, SCA, SERVER_ATTACKS
 from models.sca.networks import ConvDecoder, ConvEncoder
 from models.sca.transform import (
     closed_form_decoder,
@@ -21,6 +22,7 @@ from models.sca.transform import (
 )
 
 __all__ = [
+    "MECHANISMS",
     "NMSE",
     "SCA",
     "SERVER_ATTACKS",
@@ -31,6 +33,7 @@ __all__ = [
     "ambiguate_codes",
     "closed_form_decoder",
     "decoder_objective",
+    "decoy_ambiguate",
     "fit_transform",
     "gap_ratios",
     "intra_inter_kl",

@@ -31,14 +31,28 @@ from torch import Tensor
 
 __all__ = [
     "ambiguate_codes",
+    "check_finite",
+    "decoy_ambiguate",
     "empirical_cdf",
     "gap_ratios",
+    "match_decoys",
     "quantile_grid",
     "empirical_quantile",
     "purify",
     "sample_complement_tail",
     "value_quantiles",
 ]
+
+
+def check_finite(values: Tensor, name: str) -> None:
+    """Raises ``ValueError`` when ``values`` holds NaN or infinite entries (they would pass silently)."""
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        rows = bad.flatten(1).any(1).nonzero().flatten()[:5].tolist() if values.dim() > 1 else []
+        raise ValueError(
+            f"{name} contain {int(bad.sum())} NaN / infinite entries (first rows {rows}); "
+            "fix or drop those inputs before encoding / ambiguating"
+        )
 
 
 def quantile_grid(num_quantiles: int, device=None) -> Tensor:
@@ -213,6 +227,7 @@ def ambiguate_codes(
         ``[B, maps, L]`` public codes; the support entries are unchanged.
     """
     b, maps, length = codes.shape
+    check_finite(codes, "codes")
     if sp == 0:
         return codes.clone()
     support = codes != 0
@@ -255,6 +270,102 @@ def ambiguate_codes(
     public = codes.reshape(b * maps, length).clone()
     public.scatter_(1, positions, noise.reshape(b * maps, sp))
     return public.reshape(b, maps, length)
+
+
+def decoy_ambiguate(
+    codes: Tensor,
+    sp: int,
+    pool: Tensor,
+    generator: torch.Generator | None = None,
+    max_rounds: int = 1000,
+) -> Tensor:
+    """Decoy ambiguation (privzoo's option in place of eq. 4's noise): the ``sp`` entries added off the
+    support of a code map are informative entries of OTHER real images' codes.
+
+    Code ``b`` draws decoy codes ``pool[j_1], pool[j_2], ...`` (uniformly, with replacement). Entries
+    are taken decoy by decoy (a random order inside each decoy), skipping positions on the code's own
+    support or already filled, until ``sp`` positions are filled: for ``sp >= Sx`` the public code is
+    the true code superposed with whole decoy codes (the last one partial), a plausible mixture of real
+    codes rather than noise a learned decoder can learn to ignore. Values are the decoys' own values, so
+    entries of a code whose decoys are known (the pool leaked) are identified by exact matching: the
+    pool is the data owner's secret, like the support.
+
+    Args:
+        codes: ``[B, maps, L]`` sparse codes (zeros off the support).
+        sp: decoy entries per code map, ``0 <= sp <= L - (non-zeros of the map)``.
+        pool: ``[N, maps, L]`` sparse codes of real images (the decoy pool; zeros off their supports).
+        generator: random source.
+        max_rounds: give up after this many decoys per code (a pool too sparse to fill ``sp`` positions).
+
+    Returns:
+        ``[B, maps, L]`` public codes; the support entries are unchanged.
+
+    Raises:
+        ValueError: no pool, a pool of another code shape, NaN codes, ``sp`` too large for the pool.
+    """
+    check_finite(codes, "codes")
+    b, maps, length = codes.shape
+    if pool is None or pool.dim() != 3 or pool.shape[0] == 0 or not bool((pool != 0).any()):
+        raise ValueError(
+            "decoy ambiguation needs a decoy pool of real codes [N, maps, L] (none given or it is empty); "
+            "build one with model.set_decoy_pool(model.encode(training_images)) or pass pool="
+        )
+    if tuple(pool.shape[1:]) != (maps, length):
+        raise ValueError(
+            f"the decoy pool holds codes [N, {pool.shape[1]}, {pool.shape[2]}] but the codes are "
+            f"[B, {maps}, {length}] (a pool from another model?); rebuild it with this model's encode"
+        )
+    if sp == 0:
+        return codes.clone()
+    support = codes != 0
+    free = length - support.sum(-1)
+    if bool((free < sp).any()):
+        raise ValueError(
+            f"sp={sp} decoy entries do not fit: a code map has only {int(free.min())} free positions "
+            f"(L - Sx); use sp <= L - Sx"
+        )
+    pool = pool.to(codes.device, codes.dtype)
+    key = torch.full(codes.shape, float("inf"), device=codes.device)  # order of filling: round + U(0, 1)
+    value = torch.zeros_like(codes)
+    rnd = 0
+    while rnd < max_rounds and bool((torch.isfinite(key).sum(-1) < sp).any()):
+        decoy = pool[torch.randint(pool.shape[0], (b,), generator=generator).to(codes.device)]
+        take = (decoy != 0) & ~support & torch.isinf(key)
+        u = torch.rand(codes.shape, generator=generator).to(codes.device)
+        key = torch.where(take, rnd + u, key)
+        value = torch.where(take, decoy, value)
+        rnd += 1
+    if bool((torch.isfinite(key).sum(-1) < sp).any()):
+        raise ValueError(
+            f"{max_rounds} decoys did not fill sp={sp} positions off the support: the pool's codes are "
+            "informative on too few positions; lower sp or use a larger pool"
+        )
+    positions = key.topk(sp, dim=-1, largest=False).indices  # the first sp filled positions
+    return codes.clone().scatter_(-1, positions, value.gather(-1, positions))
+
+
+def match_decoys(public: Tensor, pool: Tensor) -> Tensor:
+    """What a server holding the decoy pool learns: the entries of ``public`` that are NOT a pool code's
+    value at the same position (exact match), i.e. its estimate of the true support.
+
+    Args:
+        public: ``[B, maps, L]`` public codes (decoy mechanism).
+        pool: ``[N, maps, L]`` the decoy pool (leaked).
+
+    Returns:
+        ``[B, maps, L]`` bool, the non-zeros of ``public`` that match no pool entry at their position.
+    """
+    if tuple(pool.shape[1:]) != tuple(public.shape[1:]):
+        raise ValueError(f"pool codes {tuple(pool.shape)} and public codes {tuple(public.shape)} differ")
+    keep = public != 0
+    _, maps, length = public.shape
+    for m in range(maps):
+        for pos in range(length):
+            values = pool[:, m, pos]
+            values = values[values != 0]
+            if len(values):
+                keep[:, m, pos] &= ~torch.isin(public[:, m, pos], values.to(public.dtype))
+    return keep
 
 
 def purify(public: Tensor, support_mask: Tensor) -> Tensor:

@@ -40,15 +40,25 @@ from torchmetrics.image import StructuralSimilarityIndexMeasure
 
 from models.hub import PrivzooHubMixin
 from models.precision import float32
-from models.sca.ambiguation import ambiguate_codes, gap_ratios, purify, quantile_grid, value_quantiles
+from models.sca.ambiguation import (
+    ambiguate_codes,
+    check_finite,
+    decoy_ambiguate,
+    gap_ratios,
+    purify,
+    quantile_grid,
+    value_quantiles,
+)
 from models.sca.index import SupportIntersectionIndex
 from models.sca.metrics import NMSE
 from models.sca.networks import ConvDecoder, ConvEncoder
 from models.sca.transform import closed_form_decoder, fit_transform, sparsify
 
-__all__ = ["SCA", "SERVER_ATTACKS", "ssim_separable"]
+__all__ = ["MECHANISMS", "SCA", "SERVER_ATTACKS", "ssim_separable"]
 
 SERVER_ATTACKS = ("as_is", "top_sx", "posterior_mean")
+#: ambiguation mechanisms: the paper's noise (eq. 4) and privzoo's decoys (entries of other real codes)
+MECHANISMS = ("paper", "decoy")
 
 
 def ssim_separable(x: torch.Tensor, y: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -112,6 +122,11 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         beta: ridge ``beta`` of ``C = (W^T W + beta I)^-1 W^T``.
         num_quantiles: size of the per-position quantile tables of the ambiguation noise.
         seed: seed of the ambiguation noise drawn in validation / test / predict.
+        ambiguation: ``"paper"`` (eq. 4: noise drawn from the informative entries' law) or ``"decoy"``
+            (the entries added are informative entries of other real images' codes, from the decoy pool;
+            see :func:`models.sca.ambiguation.decoy_ambiguate`).
+        decoy_pool_size: rows of the ``decoy_pool`` buffer (0: no pool); fill it with
+            :meth:`set_decoy_pool`.
 
     Raises:
         ValueError: ``sx > L``, ``sp > L - sx``, ``sq > sp``, bad sizes.
@@ -188,6 +203,8 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         beta: float = 1e-3,
         num_quantiles: int = 129,
         seed: int = 0,
+        ambiguation: str = "paper",
+        decoy_pool_size: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -210,6 +227,10 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         self._check_sq(sq, sp)
         if num_quantiles < 2:
             raise ValueError(f"num_quantiles must be >= 2, got {num_quantiles}")
+        if ambiguation not in MECHANISMS:
+            raise ValueError(f"unknown ambiguation {ambiguation!r}; valid: {MECHANISMS}")
+        if decoy_pool_size < 0:
+            raise ValueError(f"decoy_pool_size must be >= 0, got {decoy_pool_size}")
         self._image_hw = (int(image_size[0]), int(image_size[1]))
         maps, length = code_maps, code_length
         self.encoder = ConvEncoder(in_chans, self._image_hw, channels, maps, length, extra_convs)
@@ -223,6 +244,9 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         self.register_buffer("threshold", torch.zeros(maps))
         self.register_buffer("ternary_scale", torch.ones(maps, length))
         self.register_buffer("refits", torch.zeros((), dtype=torch.long))
+        # real codes of the decoy mechanism; no buffer (and no state-dict key) without a pool
+        pool = torch.zeros(decoy_pool_size, maps, length) if decoy_pool_size else None
+        self.register_buffer("decoy_pool", pool)
         self._epoch_features: list[torch.Tensor] = []
         self.transform_history: list[float] = []
         # one collection per stage (torchmetrics syncs them across DDP ranks), logged as "<stage>/<name>"
@@ -267,6 +291,7 @@ class SCA(PrivzooHubMixin, L.LightningModule):
                 f"this SCA model was built for images [B, {c}, {h}, {w}], got {tuple(x.shape)}; "
                 "resize / convert the images or use the model trained for that size"
             )
+        check_finite(x, "images")
 
     def _check_codes(self, codes: torch.Tensor, name: str = "codes") -> torch.Tensor:
         d = self.code_dim
@@ -276,6 +301,7 @@ class SCA(PrivzooHubMixin, L.LightningModule):
                 f"got {tuple(getattr(codes, 'shape', ()))} "
                 "(codes from a different model?)"
             )
+        check_finite(codes, name)
         return codes.view(codes.shape[0], self.hparams.code_maps, self.hparams.code_length)
 
     # ------------------------------------------------------------------------------------------------
@@ -327,7 +353,12 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         return a.flatten(1)
 
     def ambiguate(
-        self, codes: torch.Tensor, sp: int, generator: torch.Generator | None = None
+        self,
+        codes: torch.Tensor,
+        sp: int,
+        generator: torch.Generator | None = None,
+        mechanism: str | None = None,
+        pool: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Public codes ``[B, maps * L]``: ``sp`` noise entries per map off the support (eq. 4).
 
@@ -335,14 +366,49 @@ class SCA(PrivzooHubMixin, L.LightningModule):
             codes: ``[B, maps * L]`` sparse codes from :meth:`encode`.
             sp: noise entries per map, ``<= L - Sx``.
             generator: random source (on the codes' device).
+            mechanism: ``"paper"`` or ``"decoy"`` (see :data:`MECHANISMS`); ``None`` = the model's
+                ``ambiguation``.
+            pool: decoy codes ``[N, maps * L]`` for ``"decoy"``; ``None`` = the model's ``decoy_pool``.
         """
         c = self._check_codes(codes)
         sx = int((c != 0).sum(-1).max()) if c.numel() else 0
         self._check_sp(sp, sx)
+        mechanism = self.hparams.ambiguation if mechanism is None else mechanism
+        if mechanism not in MECHANISMS:
+            raise ValueError(f"unknown ambiguation mechanism {mechanism!r}; valid: {MECHANISMS}")
+        if mechanism == "decoy":
+            pool = self.decoy_pool if pool is None else self._check_pool(pool)
+            return decoy_ambiguate(c, sp, pool, generator).flatten(1)
         public = ambiguate_codes(
             c, sp, self.quantiles, self.ratios, generator, bool(self.hparams.ternary), self.threshold
         )
         return public.flatten(1)
+
+    def _check_pool(self, pool: torch.Tensor) -> torch.Tensor:
+        if not isinstance(pool, torch.Tensor) or pool.dim() != 2 or pool.shape[1] != self.code_dim:
+            raise ValueError(
+                f"the decoy pool must be codes [N, maps * L = {self.code_dim}] of this model, got "
+                f"{tuple(getattr(pool, 'shape', ()))} (a pool from another model?); build it with "
+                "model.encode(training_images)"
+            )
+        check_finite(pool, "decoy pool codes")
+        return pool.view(pool.shape[0], self.hparams.code_maps, self.hparams.code_length)
+
+    @torch.no_grad()
+    def set_decoy_pool(self, codes: torch.Tensor) -> None:
+        """Stores ``decoy_pool_size`` real codes ``[N, maps * L]`` (N >= the pool size; the first rows).
+
+        The pool is the data owner's secret (a server holding it removes the decoys by exact matching):
+        build it from images of its own that it never releases.
+        """
+        pool = self._check_pool(codes)
+        size = 0 if self.decoy_pool is None else self.decoy_pool.shape[0]
+        if size == 0 or pool.shape[0] < size:
+            raise ValueError(
+                f"this model holds a decoy pool of {size} codes (decoy_pool_size), got {pool.shape[0]}; "
+                "build the model with decoy_pool_size > 0 and give at least that many codes"
+            )
+        self.decoy_pool.copy_(pool[:size])
 
     def query(
         self,
