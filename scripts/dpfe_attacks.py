@@ -189,9 +189,28 @@ def markdown(curves: dict[str, list[dict]], floor_acc: float, sizes: dict, split
     return "\n".join(lines) + "\n"
 
 
+def write_cards(result: dict, cards: list[str], how: str) -> dict:
+    """Writes a test-split result's curve table into each card as the "dpfe-attack-curve" section."""
+    from models.cards import update_card_section
+
+    if result.get("split", "test") != "test":
+        raise SystemExit("only a --split test result goes into a card (val results are for choosing)")
+    body = markdown(result["curves"], result["floor"], result["sizes"], "test").split("\n", 2)[2]
+    for name in cards:
+        folder = Path(name) if Path(name).is_dir() else zoo.folder(name)
+        if not folder.is_dir():
+            raise SystemExit(f"--card {name}: not a zoo name ({', '.join(zoo.available())}) or folder")
+        update_card_section(
+            folder, "dpfe-attack-curve", "Accuracy-privacy curves under attack", body,
+            f"scripts/dpfe_attacks.py {how}",
+        )  # fmt: skip
+        print(f"wrote the curve table into {folder / 'README.md'}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("models", nargs="+", help="zoo names, zoo folders or Lightning checkpoints")
+    p.add_argument("models", nargs="*", help="zoo names, zoo folders or Lightning checkpoints")
     p.add_argument("--ratios", type=float, nargs="+", default=list(DEFAULT_RATIOS))
     p.add_argument("--data-dir", default="data")
     p.add_argument("--out", default="runs/dpfe_attacks")
@@ -207,7 +226,24 @@ def main(argv: list[str] | None = None) -> dict:
         "images of the configs, with the attackers' rows from the other training images",
     )
     p.add_argument("--no-wandb", action="store_true")
+    p.add_argument(
+        "--card",
+        nargs="*",
+        default=[],
+        help="zoo names / folders whose card gets the test-split curve table as a section",
+    )
+    p.add_argument(
+        "--render",
+        default=None,
+        help="an attacks_curve.json this script wrote: write its table into --card (no measurement)",
+    )
     args = p.parse_args(argv)
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        how = f"{' '.join(saved['models'].values())} (table rendered from {args.render})"
+        return write_cards(saved, args.card, how)
+    if not args.models:
+        raise SystemExit("name at least one extractor (zoo name, folder or checkpoint), or use --render")
     if any(r < 0 for r in args.ratios):
         raise SystemExit(f"--ratios must be >= 0 (Procedure 2's r), got {args.ratios}")
     sizes = SIZES["quick" if args.quick else "full"]
@@ -258,6 +294,8 @@ def main(argv: list[str] | None = None) -> dict:
         run.log({"dpfe/attacks_curve": wandb.Image(picture)})
         run.finish()
     print(markdown(curves, floor_acc, sizes, args.split))
+    if args.card:
+        write_cards(result, args.card, " ".join(args.models))
     for pair, by in superior.items():
         print(
             f"{pair}: Acc-Priv superior by LRP at every r {by['lrp']['per_ratio']}, at equal accuracy "

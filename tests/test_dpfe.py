@@ -685,6 +685,11 @@ def test_dpfe_attacks_script_writes_one_curve_per_extractor(fashion_mnist_dir, t
         not torch.isin(rows["fit"], rows["test"]).any()
         and not torch.isin(rows["holdout"], rows["test"]).any()
     )
+    dpfe_attacks.main(["--render", str(out / "attacks_curve.json"), "--card", folders[1]])
+    card = (tmp_path / "ib" / "README.md").read_text()
+    assert "## Accuracy-privacy curves under attack" in card and "| ib | 1 |" in card
+    with pytest.raises(SystemExit, match="val results"):
+        dpfe_attacks.main(["--render", str(tmp_path / "val" / "attacks_curve.json"), "--card", folders[1]])
     with pytest.raises(SystemExit, match="not a zoo name"):
         dpfe_attacks.main(["no-such-extractor", "--out", str(out)])
     with pytest.raises(SystemExit, match="ratios"):
