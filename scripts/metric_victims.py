@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-database", type=int, default=10000)
     parser.add_argument("--num-train", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--patience", type=int, default=2, help="early-stopping patience (epochs)")
     parser.add_argument("--dim", type=int, default=16, help="embedding size = sign-code bits")
     parser.add_argument("--out", default="runs/metric_victims")
     parser.add_argument("--seed", type=int, default=0)
@@ -69,8 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
     for loss in args.losses:
         start = time.perf_counter()
         victim, info = train_metric_victim(
-            loss, pool[t_idx], labels[t_idx], args.dim, 10, max_epochs=args.epochs, seed=args.seed
-        )
+            loss, pool[t_idx], labels[t_idx], args.dim, 10, max_epochs=args.epochs, patience=args.patience,
+            seed=args.seed,
+        )  # fmt: skip
         victim.eval()
         eq, ed = hash_uint8(victim.embedding, pool[q_idx]), hash_uint8(victim.embedding, pool[d_idx])
         real_map, real_ndcg = distance_map_ndcg(eq, ql, ed, dl, k=100)
