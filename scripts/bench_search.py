@@ -462,6 +462,11 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds_search": round(t_search, 1),
         "rows": [rows[m] for m in ("sca", "faiss_flat", "faiss_ivfpq", "pq_encrypted_query")],
     }
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    from models.io import atomic_write_text
+
+    atomic_write_text(folder / "search.json", json.dumps(out, indent=2))  # the rows, before the inversions
     if not args.no_inversion:
         out["inversion"] = inversion_rows(v, ivfpq, pq, args)
         for r in out["rows"]:
@@ -469,10 +474,6 @@ def main(argv: list[str] | None = None) -> dict:
             r["inversion_nmse"] = min(i["nmse"] for i in inv)
     out["seconds_total"] = round(time.perf_counter() - t_start, 1)
     out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    folder = Path(args.out)
-    folder.mkdir(parents=True, exist_ok=True)
-    from models.io import atomic_write_text
-
     atomic_write_text(folder / "search.json", json.dumps(out, indent=2))
     md = markdown(out)
     atomic_write_text(folder / "search.md", md)
