@@ -37,6 +37,7 @@ SIZES = {
         "num_database": 10000,
         "num_train": 5000,
         "victim_epochs": 6,
+        "metric_victim_epochs": 12,
         "purifications": ("none", "jpeg_q90", "jpeg_q75", "jpeg_q50", "median3", "gaussian1", "bits3"),
         "a_purifications": ("none", "jpeg_q75"),
     },
@@ -50,6 +51,7 @@ SIZES = {
         "num_database": 1000,
         "num_train": 500,
         "victim_epochs": 1,
+        "metric_victim_epochs": 1,
         "purifications": ("none", "jpeg_q75"),
         "a_purifications": ("none",),
     },
@@ -257,7 +259,7 @@ def run_retrieval_attacks(model, attacks: list[str], data_dir: str, sizes: dict,
         if name in _METRIC_VICTIMS:
             if adsh_cc is None:
                 adsh_cc = evaluate(zoo.load(ADSH_VICTIM).hash, "none")["C->C"]
-            _metric_victim_rows(name, evaluate, record, pool, labels, t_idx, sizes, bits, seed, adsh_cc)
+            _metric_victim_rows(name, evaluate, record, pool, labels, d_idx, sizes, bits, seed, adsh_cc)
             bar.update(1)
             continue
         if name == "victim_adsh":
@@ -299,16 +301,18 @@ _METRIC_VICTIMS = ("victim_proxy_anchor", "victim_softtriple", "victim_chest")
 
 
 def _metric_victim_rows(name, evaluate, record, pool, labels, t_idx, sizes, bits, seed, adsh_cc) -> None:
-    """A deep-metric-learning victim trained on clean (C) images, ranked by its real embedding and by its
-    sign codes; a ranking is used (its rows recorded) only when its clean C->C mAP reaches ``adsh_cc``,
-    the ADSH victim's on the same split."""
+    """A deep-metric-learning victim trained on clean (C) images ``t_idx`` (the database's training-split
+    images, as ADSH trains on its database; ``metric_victim_epochs`` epochs), ranked by its real embedding
+    and by its sign codes; a ranking is used (its rows recorded) only when its clean C->C mAP reaches
+    ``adsh_cc``, the ADSH victim's on the same split."""
     from models.attacks.metric_learning import scenario_maps_real, train_metric_victim
     from models.attacks.retrieval import scenario_maps
 
     loss = name.replace("victim_", "")
     victim, info = train_metric_victim(
-        loss, pool[t_idx], labels[t_idx], bits, 10, max_epochs=sizes["victim_epochs"], seed=seed
-    )
+        loss, pool[t_idx], labels[t_idx], bits, 10, max_epochs=sizes["metric_victim_epochs"],
+        patience=sizes["metric_victim_epochs"], seed=seed,
+    )  # fmt: skip
     victim.eval()
     for ranking, fn, scenarios in (
         ("euclidean", victim.embedding, scenario_maps_real),
@@ -427,6 +431,11 @@ def main(argv: list[str] | None = None) -> dict:
         new = {(r["attack"], family_key(r)) for r in results}
         old = json.loads((folder / "attacks.json").read_text())["results"]
         results = [r for r in old if (r["attack"], family_key(r)) not in new] + results
+    if not results:
+        raise SystemExit(
+            f"no attack produced results for {args.name} (a metric-learning victim below the ADSH victim's "
+            "clean C->C mAP is not used); add other --attacks"
+        )
     report = build_report(args.name, entry.dataset, "test", results)
     js, md = write_report(report, folder)
     if args.out is None or folder.resolve() == zoo.folder(entry.name).resolve():
