@@ -38,6 +38,7 @@ SIZES = {
         "num_database": 10000,
         "num_train": 5000,
         "victim_epochs": 6,
+        "metric_victim_epochs": 12,
         "purifications": ("none", "jpeg_q90", "jpeg_q75", "jpeg_q50", "median3", "gaussian1", "bits3"),
         "a_purifications": ("none", "jpeg_q75"),
     },
@@ -52,6 +53,7 @@ SIZES = {
         "num_database": 1000,
         "num_train": 500,
         "victim_epochs": 1,
+        "metric_victim_epochs": 1,
         "purifications": ("none", "jpeg_q75"),
         "a_purifications": ("none",),
     },
@@ -61,6 +63,7 @@ ADSH_VICTIM = "adsh-fashion-mnist-16bit"
 MIN_MAP_CC = 0.3
 _PAPER_SERVER = ("as_is", "top_sx", "posterior_mean")
 _PROBES = ("probe_linear", "probe_mlp", "knn")
+_METRIC_PROBES = ("probe_proxy_anchor", "probe_softtriple", "probe_chest")
 
 
 def _batched(fn, images: torch.Tensor, batch_size: int = 1000, **kwargs) -> torch.Tensor:
@@ -176,6 +179,16 @@ def run_release_attacks(
                 who = _who(data, **({"epochs": r["epochs"]} if "epochs" in r else {"k": r.get("k")}))
                 for metric in ("class_accuracy", "lrp"):
                     out.append(result(name, spec.threat, metric, r[metric], {**setting, "attacker": who}))
+            elif name in _METRIC_PROBES:
+                from models.attacks.metric_learning import metric_probe_attack
+
+                r = metric_probe_attack(
+                    rel["fit"], y["fit"], rel["holdout"], y["holdout"], rel["test"], y["test"], 10,
+                    loss=name.replace("probe_", ""), max_epochs=4 * epochs, patience=patience, seed=seed,
+                )  # fmt: skip
+                who = _who(data, epochs=r["epochs"], k=r["k"])
+                for metric in ("class_accuracy", "lrp"):
+                    out.append(result(name, spec.threat, metric, r[metric], {**setting, "attacker": who}))
             elif name == "paper_kde":
                 lrp = float(privacy_fn(rel["test"].double(), y["test"], 10)["lrp"])
                 who = {"estimator": "per-class KDE, leave-one-out on the evaluated features (the paper's)"}
@@ -238,12 +251,20 @@ def run_retrieval_attacks(model, attacks: list[str], data_dir: str, sizes: dict,
             if clean_cc >= MIN_MAP_CC:  # a clean-trained victim that learned nothing gives no ratio
                 out.append(result(name, spec.threat, "map_ratio", maps[scen] / clean_cc, setting))
 
-    def evaluate(hash_fn, purification):
+    def evaluate(hash_fn, purification, scenarios=scenario_maps):
         pq = purify(protected[q_idx], purification)
         pd = purify(protected[d_idx], purification)
-        return scenario_maps(hash_fn, {"c": pool[q_idx], "a": pq}, {"c": pool[d_idx], "a": pd}, q_lab, d_lab)
+        return scenarios(hash_fn, {"c": pool[q_idx], "a": pq}, {"c": pool[d_idx], "a": pd}, q_lab, d_lab)
+
+    adsh_cc = None  # the gate of the metric-learning victims: ADSH's clean C->C on this split
 
     for name in attacks:
+        if name in _METRIC_VICTIMS:
+            if adsh_cc is None:
+                adsh_cc = evaluate(zoo.load(ADSH_VICTIM).hash, "none")["C->C"]
+            _metric_victim_rows(name, evaluate, record, pool, labels, d_idx, sizes, bits, seed, adsh_cc)
+            bar.update(1)
+            continue
         if name == "victim_adsh":
             victim = zoo.load(ADSH_VICTIM)
             for p in sizes["purifications"]:
@@ -277,6 +298,45 @@ def run_retrieval_attacks(model, attacks: list[str], data_dir: str, sizes: dict,
             record(name, maps, who, clean_cc)
         bar.update(1)
     return out
+
+
+_METRIC_VICTIMS = ("victim_proxy_anchor", "victim_softtriple", "victim_chest")
+
+
+def _metric_victim_rows(name, evaluate, record, pool, labels, t_idx, sizes, bits, seed, adsh_cc) -> None:
+    """A deep-metric-learning victim trained on clean (C) images ``t_idx`` (the database's training-split
+    images, as ADSH trains on its database; ``metric_victim_epochs`` epochs), ranked by its real embedding
+    and by its sign codes; a ranking is used (its rows recorded) only when its clean C->C mAP reaches
+    ``adsh_cc``, the ADSH victim's on the same split."""
+    from models.attacks.metric_learning import scenario_maps_real, train_metric_victim
+    from models.attacks.retrieval import scenario_maps
+
+    loss = name.replace("victim_", "")
+    victim, info = train_metric_victim(
+        loss, pool[t_idx], labels[t_idx], bits, 10, max_epochs=sizes["metric_victim_epochs"],
+        patience=sizes["metric_victim_epochs"], seed=seed,
+    )  # fmt: skip
+    victim.eval()
+    for ranking, fn, scenarios in (
+        ("euclidean", victim.embedding, scenario_maps_real),
+        ("hamming", victim.hash, scenario_maps),
+    ):
+        clean = evaluate(fn, "none", scenarios)
+        if clean["C->C"] < adsh_cc:
+            print(
+                f"{name} ({ranking}): clean C->C mAP {clean['C->C']:.4f} < the ADSH victim's {adsh_cc:.4f}: "
+                "not used as an attacker",
+                file=sys.stderr,
+            )
+            continue
+        for p in sizes["purifications"]:
+            maps = clean if p == "none" else evaluate(fn, p, scenarios)
+            who = {
+                "victim": f"cnn {loss} ({'real embedding' if ranking == 'euclidean' else 'sign codes'})",
+                "ranking": ranking, "trained_on": "C", "purification": p, "train_images": len(t_idx),
+                "epochs": info["epochs"], "adsh_map_cc": round(adsh_cc, 4),
+            }  # fmt: skip
+            record(name, maps, who, clean["C->C"])
 
 
 def _wandb_table(report: dict, out: Path, mode: str) -> None:
@@ -374,6 +434,11 @@ def main(argv: list[str] | None = None) -> dict:
         new = {(r["attack"], family_key(r)) for r in results}
         old = json.loads((folder / "attacks.json").read_text())["results"]
         results = [r for r in old if (r["attack"], family_key(r)) not in new] + results
+    if not results:
+        raise SystemExit(
+            f"no attack produced results for {args.name} (a metric-learning victim below the ADSH victim's "
+            "clean C->C mAP is not used); add other --attacks"
+        )
     report = build_report(args.name, entry.dataset, "test", results)
     js, md = write_report(report, folder)
     if args.out is None or folder.resolve() == zoo.folder(entry.name).resolve():

@@ -229,6 +229,9 @@ def test_bad_input_errors_list_the_applicable_attacks():
         "victim_cnn",
         "victim_timm",
         "victim_mlp",
+        "victim_proxy_anchor",
+        "victim_softtriple",
+        "victim_chest",
     ]
     with pytest.raises(AttackError, match="do not apply.*probe_linear"):
         select_attacks(_Features(), ["as_is"])
@@ -236,7 +239,14 @@ def test_bad_input_errors_list_the_applicable_attacks():
         select_attacks(_Features(), ["probe_quantum"])
     with pytest.raises(AttackError, match="declares no threat model"):
         select_attacks(_NoThreat(), None)
-    assert select_attacks(_Features(), None) == ["probe_linear", "probe_mlp", "knn"]
+    assert select_attacks(_Features(), None) == [
+        "probe_linear",
+        "probe_mlp",
+        "knn",
+        "probe_proxy_anchor",
+        "probe_softtriple",
+        "probe_chest",
+    ]
     assert all(ATTACKS[a].threat for a in ATTACKS)
 
 

@@ -104,6 +104,32 @@ _SPECS = (
     ),
     AttackSpec("victim_timm", "retrieval", "as victim_cnn with a timm resnet10t backbone (in_chans=1)"),
     AttackSpec("victim_mlp", "retrieval", "as victim_cnn with an MLP on pixels"),
+    AttackSpec(
+        "victim_proxy_anchor",
+        "retrieval",
+        "a deep-metric-learning CNN (Proxy-Anchor loss, pytorch-metric-learning) trained like victim_cnn; "
+        "ranks by its real embedding (Euclidean) and by sign codes; used only if its clean C->C mAP "
+        "reaches the ADSH victim's",
+    ),
+    AttackSpec("victim_softtriple", "retrieval", "as victim_proxy_anchor with the SoftTriple loss"),
+    AttackSpec(
+        "victim_chest",
+        "retrieval",
+        "as victim_proxy_anchor with Euclidean + Poincare-ball SoftTriple (our reading of CHEST, without "
+        "its undefined hierarchical-clustering term)",
+    ),
+    AttackSpec(
+        "probe_proxy_anchor",
+        "attribute_inference",
+        "trains an MLP embedding with the Proxy-Anchor loss on its own (release, sensitive class) pairs, "
+        "then k-NN votes in that embedding",
+    ),
+    AttackSpec("probe_softtriple", "attribute_inference", "as probe_proxy_anchor with the SoftTriple loss"),
+    AttackSpec(
+        "probe_chest",
+        "attribute_inference",
+        "as probe_proxy_anchor with the CHEST-style loss (see victim_chest)",
+    ),
 )
 
 ATTACKS: dict[str, AttackSpec] = {s.name: s for s in _SPECS}
