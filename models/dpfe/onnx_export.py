@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from models.onnx_runtime import cpu_session, mean_latency_ms
 
 __all__ = ["FeatureExtractor", "export_feature_extractor", "onnx_latency", "onnx_parity"]
 
@@ -65,14 +66,6 @@ def export_feature_extractor(module, path: str | Path, opset: int = 17, channel:
     return path
 
 
-def _session(path: str | Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def onnx_parity(path: str | Path, module, images: torch.Tensor) -> float:
     """Max abs difference between onnxruntime's and PyTorch's features on ``images`` ``[B, C, H, W]``.
 
@@ -83,7 +76,7 @@ def onnx_parity(path: str | Path, module, images: torch.Tensor) -> float:
     x = images.cpu().numpy().astype(np.float32)
     with torch.no_grad():
         ref = FeatureExtractor(module, channel=False).eval().cpu()(images.cpu()).numpy()
-    out = _session(path).run(["features"], {"image": x})[0]
+    out = cpu_session(path).run(["features"], {"image": x})[0]
     noise = float(module.hparams.get("feature_noise", 0.0))
     if noise == 0:
         return float(np.abs(out - ref).max())
@@ -95,7 +88,7 @@ def onnx_parity(path: str | Path, module, images: torch.Tensor) -> float:
         )
     with tempfile.TemporaryDirectory() as tmp:
         twin = export_feature_extractor(module, Path(tmp) / "twin.onnx", channel=False)
-        det = _session(twin).run(["features"], {"image": x})[0]
+        det = cpu_session(twin).run(["features"], {"image": x})[0]
     return float(np.abs(det - ref).max())
 
 
@@ -103,11 +96,5 @@ def onnx_latency(
     path: str | Path, image_shape: tuple[int, int, int], runs: int = 200, warmup: int = 20
 ) -> float:
     """Mean onnxruntime CPU latency (one thread) per single image, in milliseconds."""
-    session = _session(path)
     x = np.random.default_rng(0).random((1, *image_shape), dtype=np.float32)
-    for _ in range(warmup):
-        session.run(["features"], {"image": x})
-    start = time.perf_counter()
-    for _ in range(runs):
-        session.run(["features"], {"image": x})
-    return (time.perf_counter() - start) / runs * 1e3
+    return mean_latency_ms(path, {"image": x}, ["features"], runs, warmup)

@@ -20,13 +20,13 @@ whose support the data owner keeps).
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from models.onnx_runtime import cpu_session, mean_latency_ms
 from models.sca.ambiguation import quantile_grid
 
 __all__ = ["SCAClient", "client_noise", "export_client", "onnx_latency", "onnx_parity"]
@@ -200,14 +200,6 @@ def export_client(client: SCAClient, path: str | Path, opset: int = 17) -> Path:
     return path
 
 
-def _session(path: str | Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def onnx_parity(path: str | Path, client: SCAClient, images: torch.Tensor, noise) -> dict[str, float]:
     """onnxruntime vs PyTorch on the same images and randomness: max abs differences of the public codes
     and of the private codes, and the fraction of codes whose public support differs."""
@@ -215,7 +207,7 @@ def onnx_parity(path: str | Path, client: SCAClient, images: torch.Tensor, noise
         ref_public, ref_codes = client.eval()(images, *noise)
     feeds = {"image": images.numpy().astype(np.float32)}
     feeds |= {n: t.numpy().astype(np.float32) for n, t in zip(client.noise_names(), noise, strict=True)}
-    public, codes = _session(path).run(["public", "codes"], feeds)
+    public, codes = cpu_session(path).run(["public", "codes"], feeds)
     support_diff = ((public != 0) != (ref_public.numpy() != 0)).any(1).mean()
     return {
         "public_max_abs_diff": float(np.abs(public - ref_public.numpy()).max()),
@@ -228,13 +220,7 @@ def onnx_latency(
     path: str | Path, client: SCAClient, image_shape, pool=None, runs: int = 200, warmup: int = 20
 ):
     """Mean onnxruntime CPU latency (one thread) per single image (encode + ambiguate), in milliseconds."""
-    session = _session(path)
     feeds = {"image": np.random.default_rng(0).random((1, *image_shape), dtype=np.float32)}
     noise = client_noise(client, 1, torch.Generator().manual_seed(0), pool)
     feeds |= {n: t.numpy().astype(np.float32) for n, t in zip(client.noise_names(), noise, strict=True)}
-    for _ in range(warmup):
-        session.run(None, feeds)
-    start = time.perf_counter()
-    for _ in range(runs):
-        session.run(None, feeds)
-    return (time.perf_counter() - start) / runs * 1e3
+    return mean_latency_ms(path, feeds, None, runs, warmup)
