@@ -20,7 +20,7 @@ from torch import nn
 from models.attacks.metrics import log_rank_privacy
 from models.attacks.training import fit, predict
 
-__all__ = ["KNN_KS", "PROBES", "Probe", "knn_scores", "probe_attack"]
+__all__ = ["KNN_KS", "PROBES", "Probe", "knn_scores", "probe_attack", "standardiser"]
 
 PROBES = ("linear", "mlp", "knn")
 #: the k-NN attacker's candidate k (chosen on its held-out data)
@@ -55,6 +55,12 @@ class Probe(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+def standardiser(fit_z: torch.Tensor):
+    """The attacker-side standardisation: ``z -> (z - mean) / std`` with the statistics of its own data."""
+    mean, std = fit_z.float().mean(0), fit_z.float().std(0).clamp(min=1e-6)
+    return lambda z: (z.float() - mean) / std
 
 
 @torch.no_grad()
@@ -92,11 +98,7 @@ def probe_attack(
     Returns:
         ``{"class_accuracy", "lrp", ...training info}``.
     """
-    mean, std = fit_z.float().mean(0), fit_z.float().std(0).clamp(min=1e-6)  # attacker-side standardisation
-
-    def norm(z):
-        return (z.float() - mean) / std
-
+    norm = standardiser(fit_z)
     info: dict = {}
     if arch == "knn":
         ks = [k] if isinstance(k, int) else [int(v) for v in k]

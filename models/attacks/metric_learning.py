@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.attacks.inference import knn_scores
+from models.attacks.inference import knn_scores, standardiser
 from models.attacks.metrics import log_rank_privacy
-from models.attacks.training import fit, predict
+from models.attacks.training import fit, fit_holding_out, predict
 
 __all__ = [
     "METRIC_LOSSES",
@@ -188,20 +188,8 @@ def train_metric_victim(
 ) -> tuple[MetricVictim, dict]:
     """Trains a :class:`MetricVictim` on uint8 images (10% held out for early stopping)."""
     torch.manual_seed(seed)  # the proxies' initialisation
-    n_hold = max(1, len(images) // 10)
-    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    hold, tr = perm[:n_hold], perm[n_hold:]
     victim = MetricVictim(loss, dim, num_classes, images.shape[1])
-    info = fit(
-        victim,
-        (images[tr], labels[tr]),
-        (images[hold], labels[hold]),
-        max_epochs=max_epochs,
-        patience=patience,
-        batch_size=128,
-        seed=seed,
-    )
-    return victim, info
+    return victim, fit_holding_out(victim, images, labels, max_epochs, patience, seed)
 
 
 @torch.no_grad()
@@ -254,11 +242,7 @@ def metric_probe_attack(
     Returns:
         ``{"class_accuracy", "lrp", "epochs", "best_val_loss", "k"}``.
     """
-    mean, std = fit_z.float().mean(0), fit_z.float().std(0).clamp(min=1e-6)  # attacker-side standardisation
-
-    def norm(z):
-        return (z.float() - mean) / std
-
+    norm = standardiser(fit_z)
     torch.manual_seed(seed)
     probe = MetricVictim(loss, dim, num_classes, in_features=fit_z.shape[1])
     info = fit(

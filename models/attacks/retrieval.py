@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
-from models.attacks.training import fit
+from models.attacks.training import fit_holding_out
 from models.metrics import hamming_map
 
 __all__ = ["PURIFIERS", "VICTIM_ARCHS", "HashVictim", "hash_uint8", "purify", "scenario_maps", "train_victim"]
@@ -172,20 +172,8 @@ def train_victim(
     seed: int = 0,
 ) -> tuple[HashVictim, dict]:
     """Trains a :class:`HashVictim` on uint8 images (10% held out for early stopping)."""
-    n_hold = max(1, len(images) // 10)
-    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    hold, tr = perm[:n_hold], perm[n_hold:]
     victim = HashVictim(arch, bits, num_classes, images.shape[1], images.shape[-1])
-    info = fit(
-        victim,
-        (images[tr], labels[tr]),
-        (images[hold], labels[hold]),
-        max_epochs=max_epochs,
-        patience=patience,
-        batch_size=128,
-        seed=seed,
-    )
-    return victim, info
+    return victim, fit_holding_out(victim, images, labels, max_epochs, patience, seed)
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["fit", "predict"]
+__all__ = ["fit", "fit_holding_out", "predict"]
 
 
 def fit(
@@ -30,6 +30,30 @@ def fit(
     """
     with _quiet_lightning():
         return _fit(module, train, holdout, max_epochs, batch_size, patience, seed)
+
+
+def fit_holding_out(
+    module: L.LightningModule,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    max_epochs: int = 10,
+    patience: int = 2,
+    seed: int = 0,
+    batch_size: int = 128,
+) -> dict:
+    """:func:`fit` on ``(images, labels)`` with a seeded 10% of them held out for early stopping."""
+    n_hold = max(1, len(images) // 10)
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    hold, tr = perm[:n_hold], perm[n_hold:]
+    return fit(
+        module,
+        (images[tr], labels[tr]),
+        (images[hold], labels[hold]),
+        max_epochs=max_epochs,
+        patience=patience,
+        batch_size=batch_size,
+        seed=seed,
+    )
 
 
 @contextlib.contextmanager
