@@ -435,28 +435,39 @@ def update_card_attacks(folder: str | os.PathLike, report: Mapping[str, Any], so
         StaleCardError: ``model.safetensors`` is not the file the card was written for.
     """
     folder = Path(folder)
+    card, sha = _fresh_card(folder, "attack again")
+    block = _attacks_block(report, source, sha)
+    _put_section(card, ATTACKS_START, ATTACKS_END, block, "Privacy under attack")
+    card.save(folder / CARD_NAME)
+    return card
+
+
+def _fresh_card(folder: Path, then: str) -> tuple[ModelCard, str]:
+    """The card of ``folder`` and the sha256 of its weights; ``StaleCardError`` when the card was written
+    for other weights (``then`` says what to do after re-saving)."""
     card = _load_card(folder)
     sha = file_sha256(folder / WEIGHTS_NAME)
     recorded = card.data.privzoo.get("weights_sha256")
     if recorded != sha:
         raise StaleCardError(
-            f"{folder / CARD_NAME} was written for model.safetensors with sha256 {recorded}, but the weights "
-            f"have sha256 {sha}: re-save the folder and attack again"
+            f"{folder / CARD_NAME} was written for other weights than its model.safetensors (recorded "
+            f"sha256 {recorded}, the file's {sha}): re-save the folder and {then}"
         )
-    block = _attacks_block(report, source, sha)
-    if ATTACKS_START in card.text and ATTACKS_END in card.text:
-        pattern = re.compile(re.escape(ATTACKS_START) + ".*?" + re.escape(ATTACKS_END), flags=re.S)
+    return card, sha
+
+
+def _put_section(card: ModelCard, start: str, end: str, block: str, title: str) -> None:
+    """Replaces the text between the ``start`` / ``end`` markers by ``block``; a card without them gets
+    ``## title`` + ``block`` inserted before "## Threat model and limits" (or appended)."""
+    if start in card.text and end in card.text:
+        pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), flags=re.S)
         card.text = pattern.sub(lambda _: block, card.text, count=1)
-    else:
-        section = "## Privacy under attack\n\n" + block + "\n\n"
-        anchor = "## Threat model and limits"
-        card.text = (
-            card.text.replace(anchor, section + anchor, 1)
-            if anchor in card.text
-            else card.text + "\n" + section
-        )
-    card.save(folder / CARD_NAME)
-    return card
+        return
+    section = f"## {title}\n\n{block}\n\n"
+    anchor = "## Threat model and limits"
+    card.text = (
+        card.text.replace(anchor, section + anchor, 1) if anchor in card.text else card.text + "\n" + section
+    )
 
 
 def update_card_threat_model(folder: str | os.PathLike, text: str) -> ModelCard:
@@ -485,26 +496,9 @@ def update_card_section(
     if not re.fullmatch(r"[a-z0-9-]+", slug):
         raise ValueError(f"section slug must be lowercase letters, digits and '-', got {slug!r}")
     folder = Path(folder)
-    card = _load_card(folder)
-    sha = file_sha256(folder / WEIGHTS_NAME)
-    if card.data.privzoo.get("weights_sha256") != sha:
-        raise StaleCardError(
-            f"{folder / CARD_NAME} was written for other weights than its model.safetensors (sha256 {sha}): "
-            "re-save the folder and measure again"
-        )
+    card, sha = _fresh_card(folder, "measure again")
     start, end = f"<!-- privzoo:{slug}:start -->", f"<!-- privzoo:{slug}:end -->"
     header = f"Measured by `{source}` on `model.safetensors` with sha256 `{sha}`."
-    block = f"{start}\n{header}\n\n{body.strip()}\n{end}"
-    if start in card.text and end in card.text:
-        pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), flags=re.S)
-        card.text = pattern.sub(lambda _: block, card.text, count=1)
-    else:
-        section = f"## {title}\n\n{block}\n\n"
-        anchor = "## Threat model and limits"
-        card.text = (
-            card.text.replace(anchor, section + anchor, 1)
-            if anchor in card.text
-            else card.text + "\n" + section
-        )
+    _put_section(card, start, end, f"{start}\n{header}\n\n{body.strip()}\n{end}", title)
     card.save(folder / CARD_NAME)
     return card
