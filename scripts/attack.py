@@ -96,18 +96,24 @@ def _release(model, images: torch.Tensor, setting: dict, seed: int) -> torch.Ten
     return _batched(model.release, images, **kwargs)
 
 
-def standard_data(data_dir: str, sizes: dict, seed: int) -> dict:
-    """The attacker's rows (training split) and the evaluated rows (test split) of one image pool."""
+def standard_data(data_dir: str, sizes: dict, seed: int, val_size: int | None = None) -> dict:
+    """The attacker's rows (training split) and the evaluated rows (test split) of one image pool.
+
+    With ``val_size`` (to choose among models without the test set) the evaluated rows are the
+    ``val_size`` held-out training images of the configs, and the attacker's rows the other training images.
+    """
     from datamodules import FashionMNISTDataModule
 
-    dm = FashionMNISTDataModule(data_dir=data_dir, download=False, val_size=1)  # train + val are used
+    held_out = val_size is not None
+    dm = FashionMNISTDataModule(data_dir=data_dir, download=False, val_size=val_size if held_out else 1)
     dm.prepare_data()
     dm.setup("test")
     pool, labels = dm.train_set.images, dm.train_set.labels
-    train_rows = torch.cat([dm.train_set.indices, dm.val_set.indices])
+    # test evaluation: the attacker may use every training image (train + the 1-image val split)
+    train_rows = dm.train_set.indices if held_out else torch.cat([dm.train_set.indices, dm.val_set.indices])
     fit_pos, hold_pos = attacker_split(len(train_rows), sizes["fit"], sizes["holdout"], seed)
     fit, hold = train_rows[fit_pos], train_rows[hold_pos]
-    test = dm.test_set.indices[: sizes["test"]]
+    test = (dm.val_set if held_out else dm.test_set).indices[: sizes["test"]]
     check_disjoint(attacker_fit=fit, attacker_holdout=hold, evaluated=test)
     return {"pool": pool, "labels": labels, "fit": fit, "holdout": hold, "test": test}
 

@@ -42,7 +42,6 @@ import torch
 from attack import SIZES, _batched, standard_data
 
 from models import zoo
-from models.attacks.data import attacker_split, check_disjoint
 from models.attacks.inference import probe_attack
 from models.attacks.inversion import learned_inversion
 from models.dpfe import DPFE, add_feature_noise, feature_covariance, identity_privacy
@@ -63,28 +62,6 @@ def load(path: str) -> DPFE:
     if not Path(path).is_file():
         raise SystemExit(f"{path}: not a zoo name ({', '.join(zoo.available())}), folder or checkpoint")
     return DPFE.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
-
-
-def validation_data(data_dir: str, sizes: dict, seed: int, val_size: int = 5000) -> dict:
-    """Rows for choosing among extractors without the test set: the evaluated images are the
-    ``val_size`` held-out training images of the DPFE configs (not trained on), the attacker's rows come
-    from the other training images."""
-    from datamodules import FashionMNISTDataModule
-
-    dm = FashionMNISTDataModule(data_dir=data_dir, download=False, val_size=val_size)
-    dm.prepare_data()
-    dm.setup("fit")
-    train_rows = dm.train_set.indices
-    fit_pos, hold_pos = attacker_split(len(train_rows), sizes["fit"], sizes["holdout"], seed)
-    fit, hold, val = train_rows[fit_pos], train_rows[hold_pos], dm.val_set.indices[: sizes["test"]]
-    check_disjoint(attacker_fit=fit, attacker_holdout=hold, evaluated=val)
-    return {
-        "pool": dm.train_set.images,
-        "labels": dm.train_set.labels,
-        "fit": fit,
-        "holdout": hold,
-        "test": val,
-    }
 
 
 def floor(model: DPFE, num_classes: int = 10) -> float:
@@ -250,11 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
     models = {path: load(path) for path in args.models}  # fail on a bad name before any work
     names = [Path(p).name for p in args.models]
     labels = {p: (n if names.count(n) == 1 else p) for p, n in zip(args.models, names, strict=True)}
-    data = (
-        standard_data(args.data_dir, sizes, seed=args.seed)
-        if args.split == "test"
-        else validation_data(args.data_dir, sizes, args.seed, args.val_size)
-    )
+    data = standard_data(args.data_dir, sizes, args.seed, None if args.split == "test" else args.val_size)
     curves, seconds = {}, {}
     for path, model in models.items():
         t0 = time.perf_counter()

@@ -677,7 +677,7 @@ def test_dpfe_attacks_script_writes_one_curve_per_extractor(fashion_mnist_dir, t
     ]
     val = dpfe_attacks.main([*argv, *val_args])
     assert val["split"] == "val" and "validation split" in (tmp_path / "val" / "attacks_curve.md").read_text()
-    rows = dpfe_attacks.validation_data(str(fashion_mnist_dir), dpfe_attacks.SIZES["quick"], 0, 32)
+    rows = dpfe_attacks.standard_data(str(fashion_mnist_dir), dpfe_attacks.SIZES["quick"], 0, val_size=32)
     assert (
         len(rows["test"]) == 32 and (rows["test"] < 128).all()
     )  # held-out TRAINING images, not the test set
