@@ -267,12 +267,9 @@ def scenario_maps_real(
     db_labels: torch.Tensor,
 ) -> dict[str, float]:
     """As :func:`models.attacks.retrieval.scenario_maps`, ranking real embeddings by Euclidean distance."""
-    from models.attacks.retrieval import SCENARIOS, hash_uint8
+    from models.attacks.retrieval import scenario_maps
 
-    emb = {("q", d): hash_uint8(embed_fn, query[d]) for d in "ca"} | {
-        ("d", d): hash_uint8(embed_fn, database[d]) for d in "ca"
-    }
-    return {
-        name: distance_map_ndcg(emb[("q", q)], query_labels, emb[("d", d)], db_labels)[0]
-        for name, q, d in SCENARIOS
-    }
+    def euclidean_map(*args) -> float:
+        return distance_map_ndcg(*args)[0]
+
+    return scenario_maps(embed_fn, query, database, query_labels, db_labels, map_fn=euclidean_map)

@@ -192,12 +192,17 @@ def scenario_maps(
     database: dict[str, torch.Tensor],
     query_labels: torch.Tensor,
     db_labels: torch.Tensor,
+    map_fn: Callable[..., torch.Tensor | float] = hamming_map,
 ) -> dict[str, float]:
-    """mAP@all of the four scenarios; ``query`` / ``database``: ``{"c": clean, "a": released}`` uint8."""
+    """mAP@all of the four scenarios; ``query`` / ``database``: ``{"c": clean, "a": released}`` uint8.
+
+    ``map_fn(query_codes, query_labels, db_codes, db_labels)`` ranks the outputs of ``hash_fn`` (default:
+    Hamming ranking of sign codes).
+    """
     codes = {("q", d): hash_uint8(hash_fn, query[d]) for d in "ca"} | {
         ("d", d): hash_uint8(hash_fn, database[d]) for d in "ca"
     }
     return {
-        name: float(hamming_map(codes[("q", q)], query_labels, codes[("d", d)], db_labels))
+        name: float(map_fn(codes[("q", q)], query_labels, codes[("d", d)], db_labels))
         for name, q, d in SCENARIOS
     }
