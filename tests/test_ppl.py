@@ -220,6 +220,77 @@ def test_one_optimizer_step_updates_both_players_with_their_learning_rates(tiny_
     assert g_step == pytest.approx(1e-4, rel=1e-2) and f_step == pytest.approx(1e-3, rel=1e-2)
 
 
+def test_ensemble_g_plays_the_average_game_and_every_surrogate_learns(tiny_ppl):
+    torch.manual_seed(0)
+    model = tiny_ppl(extra_surrogates=["small_cnn"])
+    assert len(model.extra_surrogates) == 1
+    x, labels = torch.rand(16, 1, 28, 28), torch.randint(0, 3, (16,))
+    g_params = list(model.generator.parameters())
+    game = model.compute_losses(x, labels)
+    g_game = _grads(game["loss"], g_params)
+    # G's gradient = the average over the surrogates of the single-surrogate game (eq. 12 per surrogate)
+    singles = []
+    for surrogate in (model.surrogate, model.extra_surrogates[0]):
+        z = model.protect(x)
+        s = similarity_matrix(labels)
+        h_z, h_x = surrogate(z), surrogate(x)
+        jo, jp = affinity_loss(h_z, s), privacy_loss(h_x, h_z, s, 1.0, 10.0, 1.0)["jp"]
+        singles.append(game["scale"] * (_grads(jo, g_params) - _grads(jp, g_params)))
+    torch.testing.assert_close(g_game, (singles[0] + singles[1]) / 2, atol=1e-6, rtol=1e-4)
+    # the extra surrogate is a player: in F's parameter group, with a gradient
+    opt = model.configure_optimizers()
+    extra = {id(p) for p in model.extra_surrogates.parameters()}
+    assert extra <= {id(p) for p in opt.param_groups[1]["params"]}
+    assert _grads(game["loss"], list(model.extra_surrogates.parameters())).norm() > 0
+    assert model.hash(x).shape == (16, model.bits)  # the first surrogate's codes
+
+
+def test_input_diversity_and_jpeg_act_on_the_privacy_path_in_training_only(tiny_ppl, monkeypatch):
+    import models.ppl.module as module
+
+    torch.manual_seed(0)
+    x, labels = torch.rand(16, 1, 28, 28), torch.randint(0, 3, (16,))
+    paper = tiny_ppl()
+    model = tiny_ppl(input_diversity=1.0, jpeg_prob=1.0, jpeg_quality=50)
+    model.load_state_dict(paper.state_dict())
+    seen = []
+    for name in ("random_resize_pad", "jpeg_straight_through"):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda z, *a, _r=real, _n=name: seen.append(_n) or _r(z, *a))
+    model.train()
+    game, plain = model.compute_losses(x, labels), paper.compute_losses(x, labels)
+    assert seen == ["random_resize_pad", "jpeg_straight_through"]
+    torch.testing.assert_close(game["jo"], plain["jo"])  # Jo (eq. 4) sees z as it is
+    assert not torch.allclose(game["jp"], plain["jp"])  # Jp (eq. 11) sees the transformed z
+    g = _grads(game["loss"], list(model.generator.parameters()))
+    assert torch.isfinite(g).all() and g.norm() > 0  # the straight-through JPEG passes G's gradient
+    model.eval()
+    seen.clear()
+    torch.testing.assert_close(model.compute_losses(x, labels)["jp"], plain["jp"])
+    assert seen == []
+
+
+def test_diversity_transforms():
+    from torchvision.transforms.v2 import functional as TF
+
+    from models.ppl.diversity import jpeg_straight_through, random_resize_pad
+
+    x = torch.rand(4, 1, 28, 28, requires_grad=True)
+    y = jpeg_straight_through(x, 60)
+    x8 = (x.detach() * 255).round().to(torch.uint8)
+    torch.testing.assert_close(y.detach(), TF.jpeg(x8, quality=60).float() / 255)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.ones_like(x))  # identity gradient (BPDA)
+    ones = torch.ones(2, 1, 28, 28)
+    kept = []
+    for seed in range(8):
+        out = random_resize_pad(ones, min_scale=0.5, generator=torch.Generator().manual_seed(seed))
+        assert out.shape == ones.shape
+        kept.append(int((out[0] > 0.5).sum()))  # pixels of the shrunk copy, the rest is zero padding
+        assert torch.equal(out[0], out[1])  # one draw per batch
+    assert all(14 * 14 <= k <= 28 * 28 for k in kept) and min(kept) < 28 * 28
+
+
 # ----------------------------------------------------------------------------------------------------
 # public API and bad input
 # ----------------------------------------------------------------------------------------------------
@@ -270,6 +341,10 @@ def test_timm_surrogate_for_rgb():
         ({"bandwidth": 0.0}, "bandwidth"),
         ({"generator_channels": [4, 8]}, "4 positive widths"),
         ({"surrogate_backbone": "ppl_cnn", "pretrained": True}, "pretrained"),
+        ({"input_diversity": 1.5}, "input_diversity.*probability"),
+        ({"jpeg_prob": -0.1}, "jpeg_prob.*probability"),
+        ({"jpeg_quality": 0}, r"jpeg_quality.*\[1, 100\]"),
+        ({"extra_surrogates": ["no_such_net_xyz"]}, "no_such_net_xyz"),
     ],
 )
 def test_bad_construction_arguments(tiny_ppl, kwargs, match):

@@ -29,6 +29,12 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from models.grl import grad_reverse
 from models.hub import PrivzooHubMixin
 from models.metrics import HammingMAP, sign_codes
+from models.ppl.diversity import (
+    check_jpeg_quality,
+    check_probability,
+    jpeg_straight_through,
+    random_resize_pad,
+)
 from models.ppl.generator import PerturbationGenerator, apply_perturbation, check_epsilon, check_norm
 from models.ppl.losses import affinity_loss, objective_scale, privacy_loss, similarity_matrix
 from models.ppl.surrogate import HashSurrogate
@@ -70,6 +76,14 @@ class PPL(PrivzooHubMixin, L.LightningModule):
         channels_last: train in the channels-last memory format (weights and batches converted for the fit,
             weights back to the default format after it); ``scripts/bench_ppl.py`` measured ~1.65x faster
             PPL steps on CPU (oneDNN) this way. Same results up to float rounding.
+        extra_surrogates: backbones of more surrogates F_2..F_k (``"small_cnn"``, timm names) trained in the
+            same game; G plays against their average objective (an ensemble, for transfer to unseen
+            victims). Not in the paper: default none. ``hash`` stays the first surrogate's.
+        input_diversity: probability per training step that the protected batch F sees on the privacy path
+            is randomly shrunk and zero-padded back (DI-FGSM, :mod:`models.ppl.diversity`). Paper: 0.
+        jpeg_prob: probability per training step that that batch is JPEG-compressed at ``jpeg_quality``
+            with a straight-through gradient, so the perturbation survives JPEG purification. Paper: 0.
+        jpeg_quality: libjpeg quality of that compression, in [1, 100].
 
     Raises:
         ValueError: ``epsilon <= 0``, unknown ``norm``, unknown backbone, bad sizes or weights.
@@ -127,6 +141,10 @@ class PPL(PrivzooHubMixin, L.LightningModule):
         lambda_warmup_steps: int = 0,
         fc_init_gain: float | None = 5.0,
         channels_last: bool = False,
+        extra_surrogates: list[str] = [],  # noqa: B006 (read-only, shown by the CLI)
+        input_diversity: float = 0.0,
+        jpeg_prob: float = 0.0,
+        jpeg_quality: int = 75,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -144,9 +162,16 @@ class PPL(PrivzooHubMixin, L.LightningModule):
             raise ValueError(f"lambda_warmup_steps must be >= 0, got {lambda_warmup_steps}")
         if bandwidth is not None and bandwidth <= 0:
             raise ValueError(f"bandwidth must be > 0 or None (median heuristic), got {bandwidth}")
+        check_probability("input_diversity", input_diversity)
+        check_probability("jpeg_prob", jpeg_prob)
+        check_jpeg_quality(jpeg_quality)
         self.generator = PerturbationGenerator(in_chans, generator_channels, epsilon=epsilon, norm=norm)
         self.surrogate = HashSurrogate(
             in_chans, bits, backbone=surrogate_backbone, pretrained=pretrained, fc_init_gain=fc_init_gain
+        )
+        self.extra_surrogates = torch.nn.ModuleList(
+            HashSurrogate(in_chans, bits, backbone=name, pretrained=pretrained, fc_init_gain=fc_init_gain)
+            for name in extra_surrogates
         )
         # one collection per stage: a mAP per scenario, PSNR / SSIM (torchmetrics syncs them across DDP ranks)
         metrics = {f"map_{scenario}": HammingMAP() for scenario in _SCENARIOS}
@@ -258,20 +283,38 @@ class PPL(PrivzooHubMixin, L.LightningModule):
         hp = self.hparams
         z = apply_perturbation(x, self.generator(x))  # eq. 2
         s = similarity_matrix(labels).float()
-        h_z = self.surrogate(z).float()
         # eq. 13: G <- F only through the reversal on the Jp path
-        h_zr = self.surrogate(grad_reverse(z, self.current_lambda())).float() if reverse else h_z
-        h_x = self.surrogate(x).float()
-        with float32():  # pairwise affinities and the SMMD's Gaussian kernels, too coarse in bf16
-            jo = affinity_loss(h_z, s)
-            out = privacy_loss(h_x, h_zr, s, hp.alpha, hp.beta, hp.gamma, hp.bandwidth)
-        out["jo"] = jo
+        z_p = grad_reverse(z, self.current_lambda()) if reverse else z
+        if self.training:
+            z_p = self._diversify(z_p)
+        terms = []
+        for surrogate in (self.surrogate, *self.extra_surrogates):
+            h_z = surrogate(z).float()
+            h_zr = surrogate(z_p).float() if (reverse or z_p is not z) else h_z
+            h_x = surrogate(x).float()
+            with float32():  # pairwise affinities and the SMMD's Gaussian kernels, too coarse in bf16
+                jo = affinity_loss(h_z, s)
+                t = privacy_loss(h_x, h_zr, s, hp.alpha, hp.beta, hp.gamma, hp.bandwidth)
+            t["jo"], t["h_x"] = jo, h_x
+            terms.append(t)
+        # an ensemble plays the average objective; one surrogate: its own terms
+        out = {k: sum(t[k] for t in terms) / len(terms) for k in terms[0] if k != "h_x"}
+        h_x = terms[0]["h_x"]
         # eq. 14: J = Jo + Jp, minimised jointly (one step); one global constant keeps it O(1)
-        scale = objective_scale(x.shape[0], h_z.shape[1])
-        out["scale"] = torch.tensor(scale, dtype=jo.dtype, device=jo.device)
-        out["loss"] = scale * (jo + out["jp"])
+        scale = objective_scale(x.shape[0], h_x.shape[1])
+        out["scale"] = torch.tensor(scale, dtype=out["jo"].dtype, device=out["jo"].device)
+        out["loss"] = scale * (out["jo"] + out["jp"])
         out["z"], out["h_x"] = z, h_x
         return out
+
+    def _diversify(self, z: torch.Tensor) -> torch.Tensor:
+        """The options' random transforms of the batch F sees on the privacy path (identity by default)."""
+        hp = self.hparams
+        if hp.input_diversity > 0 and float(torch.rand(())) < hp.input_diversity:
+            z = random_resize_pad(z)
+        if hp.jpeg_prob > 0 and float(torch.rand(())) < hp.jpeg_prob:
+            z = jpeg_straight_through(z, hp.jpeg_quality)
+        return z
 
     def on_fit_start(self) -> None:
         if self.hparams.channels_last:
@@ -305,7 +348,10 @@ class PPL(PrivzooHubMixin, L.LightningModule):
         return torch.optim.Adam(
             [
                 {"params": self.generator.parameters(), "lr": self.hparams.lr_generator},
-                {"params": self.surrogate.parameters(), "lr": self.hparams.lr_surrogate},
+                {
+                    "params": [*self.surrogate.parameters(), *self.extra_surrogates.parameters()],
+                    "lr": self.hparams.lr_surrogate,
+                },
             ]
         )
 
