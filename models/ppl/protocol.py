@@ -41,6 +41,7 @@ __all__ = [
     "protect_datamodule",
     "protect_uint8",
     "released_pool",
+    "retrieval_datamodule",
     "scenario_codes",
     "scenario_maps",
     "scenario_ndcgs",
@@ -262,6 +263,14 @@ def _cli(config: str | Path, overrides: Sequence[str], root: Path):
     args = ["--config", str(config), "--trainer.logger", "false", "--trainer.default_root_dir", str(root)]
     args += ["--trainer.enable_progress_bar", "true", "--checkpoint.dirpath", str(root / "ckpt")]
     return cli_main(args + list(overrides), run=False)
+
+
+def retrieval_datamodule(config: str | Path, overrides: Sequence[str], root: Path):
+    """The set-up (``fit``) retrieval datamodule of ``config``: the split a PPL / victim run trains on."""
+    dm = _cli(config, overrides, root).datamodule
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
 
 
 def train_ppl(config: str | Path, overrides: Sequence[str], root: Path):
