@@ -1,9 +1,10 @@
-"""privzoo datamodules: MNIST, Fashion-MNIST, CIFAR-10 and CelebA (batch format: see ``datamodules.base``)."""
+"""privzoo datamodules: MNIST, Fashion-MNIST, CIFAR-10, CelebA, ImageNet subsets (batches: see ``base``)."""
 
 from .base import TensorImageDataset, VisionDataModule, passthrough_collate
 from .celeba import CELEBA_ATTRIBUTE_NAMES, CelebADataModule
 from .cifar10 import CIFAR10DataModule
 from .errors import DatasetCorruptedError, DatasetError, DatasetNotFoundError, DatasetNotWritableError
+from .imagenet import ImageNetSubsetDataModule
 from .mnist import DEBIAN_FASHION_MNIST_DIR, FashionMNISTDataModule, MNISTDataModule
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DatasetNotWritableError",
     "FashionMNISTDataModule",
+    "ImageNetSubsetDataModule",
     "MNISTDataModule",
     "TensorImageDataset",
     "VisionDataModule",

@@ -70,6 +70,7 @@ DATASETS: dict[str, tuple[str, str | None]] = {
     "MNISTDataModule": ("MNIST", "ylecun/mnist"),
     "CIFAR10DataModule": ("CIFAR-10", "uoft-cs/cifar10"),
     "CelebADataModule": ("CelebA", None),
+    "ImageNetSubsetDataModule": ("ImageNet (ILSVRC-2012 class subset)", "ILSVRC/imagenet-1k"),
 }
 
 #: keys accepted in ``save_pretrained(..., model_card_kwargs={...})``

@@ -5,6 +5,7 @@
   originals, so ``pickle.load(f, encoding="latin1")`` gives ``"data"`` and ``encoding="bytes"`` gives
   ``b"data"``) + :func:`patch_cifar10_md5`.
 * :func:`write_celeba`: CelebA JPEGs and the five annotation text files + :func:`patch_celeba_md5`.
+* :func:`write_imagenet_folder`: ILSVRC-2012 ImageFolder layout ``imagenet/{train,val}/<wnid>/*.JPEG``.
 
 Images carry a class-dependent pattern plus noise, so a tiny model can learn something from them.
 torchvision checks md5 sums of CIFAR-10 / CelebA files; tests monkeypatch its class attributes with
@@ -301,6 +302,59 @@ def patch_celeba_md5(monkeypatch, md5s: dict[str, str]) -> None:
     monkeypatch.setattr(
         CelebA, "file_list", [(fid, md5s.get(name, md5), name) for fid, md5, name in CelebA.file_list]
     )
+
+
+# ---------------------------------------------------------------------- ImageNet (ILSVRC-2012 ImageFolder)
+def write_imagenet_folder(
+    root: str | os.PathLike,
+    wnids: Sequence[str],
+    n_train: int = 4,
+    n_val: int = 2,
+    root_name: str = "imagenet",
+    seed: int = 0,
+) -> dict[str, list[Path]]:
+    """Write a tiny ILSVRC-2012 in the ImageFolder layout ``<root>/<root_name>/{train,val}/<wnid>/``.
+
+    Train files are named like the originals (``<wnid>_<n>.JPEG``), val files like the official val images
+    (``ILSVRC2012_val_<8 digits>.JPEG``, already sorted into class folders). The JPEGs have varied sizes
+    (portrait and landscape, 20..47 px per side) and a class-dependent pattern; the first train image of
+    the first class is grayscale (mode ``L``) and the first val image of the last class CMYK, as a few
+    real ImageNet JPEGs are.
+
+    Args:
+        root: Data dir.
+        wnids: The class folder names (WordNet ids), class ``k`` gets pattern ``k``.
+        n_train: Train images per class.
+        n_val: Val images per class.
+        root_name: Folder below ``root``.
+        seed: numpy seed.
+
+    Returns:
+        ``{"train": [paths], "val": [paths]}`` in writing order.
+    """
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[Path]] = {"train": [], "val": []}
+    val_number = 0
+    for part, n in (("train", n_train), ("val", n_val)):
+        for k, wnid in enumerate(wnids):
+            folder = Path(root) / root_name / part / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                h, w = (int(v) for v in rng.integers(20, 48, size=2))
+                pixels = class_pattern_images(np.array([k % 10]), 3, h, w, rng)[0]
+                image = Image.fromarray(pixels, mode="RGB")
+                if part == "train" and k == 0 and i == 0:
+                    image = image.convert("L")
+                elif part == "val" and k == len(wnids) - 1 and i == 0:
+                    image = image.convert("CMYK")
+                if part == "train":
+                    path = folder / f"{wnid}_{i + 1}.JPEG"
+                else:
+                    val_number += 1
+                    path = folder / f"ILSVRC2012_val_{val_number:08d}.JPEG"
+                image.save(path, format="JPEG", quality=95)
+                out[part].append(path)
+    return out
 
 
 def quiet_trainer(**kwargs) -> L.Trainer:
