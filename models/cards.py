@@ -58,7 +58,7 @@ ATTACKS_END = "<!-- privzoo:attacks:end -->"
 
 GENERIC_THREAT_MODEL = (
     "The privacy this model offers is **empirical**: it was measured against the attackers, data and "
-    "metrics reported in the table above, and it is **not a formal guarantee** (no differential-privacy "
+    "metrics reported in the table above, and it is **not a formal bound** (no differential-privacy "
     "epsilon, no proof). An adaptive attacker who knows the method, a stronger or differently trained "
     "model, other data, or side information may recover more than these numbers suggest. Measure it "
     "against your own threat model before relying on it."

@@ -325,3 +325,29 @@ def test_knn_attacker_tunes_k_on_its_holdout():
     assert tuned["k"] == 200  # noisy releases: the large k wins on the holdout
     one = probe_attack(*parts, 10, "knn", k=1)
     assert one["k"] == 1 and tuned["class_accuracy"] > one["class_accuracy"] + 0.05
+
+
+def test_retrieval_privacy_cells_leave_out_each_victims_own_training_domain(fashion_mnist_dir, monkeypatch):
+    from models import zoo
+
+    script = _attack_script()
+    sizes = {**script.SIZES["quick"], "num_query": 16, "num_database": 60, "num_train": 40}
+    sizes |= {"purifications": ("none",), "a_purifications": ("none",)}
+    monkeypatch.setattr(script, "MIN_MAP_CC", 0.0)  # a 1-epoch victim on 40 images: keep its ratios
+    rows = script.run_retrieval_attacks(
+        zoo.load("ppl-fashion-mnist-16bit"), ["victim_mlp"], str(fashion_mnist_dir), sizes, 0, _Bar()
+    )
+    cells = {}
+    for r in rows:
+        cells.setdefault(r["setting"]["attacker"]["trained_on"], set()).add(r["setting"]["scenario"])
+        assert 0.0 <= r["value"] and (r["metric"] == "map_ratio" or r["value"] <= 1.0)
+    # the A->A search of a protected-trained victim is the protection's "normal use" (paper, Table 1)
+    assert cells == {"C": {"C->A", "A->C", "A->A"}, "A": {"C->C", "A->C", "C->A"}}
+
+
+class _Bar:
+    def set_postfix_str(self, *_):
+        pass
+
+    def update(self, *_):
+        pass

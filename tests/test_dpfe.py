@@ -511,7 +511,7 @@ def test_trained_model_round_trips_in_hub_layout(fashion_mnist_dir, tmp_path):
     assert torch.equal(model.extract(x), loaded.extract(x)) and torch.equal(model(x), loaded(x))
     card = (folder / "README.md").read_text()
     assert "DPFE (deep private-feature extraction)" in card
-    assert "**empirical**, not a formal guarantee" in card
+    assert "**empirical**, not a formal bound" in card
 
     # the zoo evaluation on the fixture's 64 test images: the same numbers for the saved and the loaded model
     def data():

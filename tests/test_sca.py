@@ -444,7 +444,7 @@ def test_hub_roundtrip_of_a_trained_model(tiny_sca, tmp_path):
     assert int(model.refits) == 1 and not torch.equal(model.transform[0], torch.eye(64))
     model.save_pretrained(tmp_path / "sca", model_card_kwargs={"name": "sca-tiny"})
     card = (tmp_path / "sca" / "README.md").read_text()
-    assert "not a formal guarantee" in card and "curious server" in card
+    assert "not a formal bound" in card and "curious server" in card
     loaded = SCA.from_pretrained(tmp_path / "sca")  # the generic contract: tests/test_hub_contract.py
     x = torch.rand(5, 1, 28, 28)
     with torch.no_grad():

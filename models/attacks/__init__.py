@@ -16,7 +16,7 @@ A privacy model class declares its threat model with two class attributes and on
 Results are rows ``{"attack", "threat", "metric", "value", "private_if", "setting"}``
 (:func:`models.attacks.report.result`); the headline is the worst case over attacks per (metric,
 setting) family (:func:`models.attacks.report.worst_case`). Every number is empirical: it is what these
-attacks measured, never a guarantee.
+attacks measured, never a bound.
 """
 
 from models.attacks.registry import ATTACKS, FAMILIES, AttackError, applicable_attacks, select_attacks

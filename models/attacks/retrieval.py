@@ -5,9 +5,11 @@ its own -- a classification-hash net (:class:`HashVictim`: backbone -> bits-wide
 logits; codes = sign of the tanh layer) with a CNN, a timm backbone or an MLP -- on clean (C) or
 protected (A) labelled training images, and may PURIFY protected images before training and hashing
 (:data:`PURIFIERS`: JPEG, median / Gaussian blur, bit-depth reduction). It then ranks a database by
-Hamming distance to each query (query = test images, database = training images). Reported: mAP@all
-for C->A, A->C, A->A (query domain -> database domain) and ``map_ratio`` = that mAP / the same victim's
-C->C mAP (1 = the protection removed nothing).
+Hamming distance to each query (query = test images, database = training images). Reported: mAP@all of
+every scenario (query domain -> database domain) outside the victim's own training domain -- C->A, A->C,
+A->A for a clean-trained victim; C->C, A->C, C->A for a protected-trained one, whose A->A is the use the
+protection keeps (the paper's Table 1 cells) -- and ``map_ratio`` = that mAP / the C->C mAP of the same
+architecture trained on clean images (1 = the protection removed nothing).
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
         "N(0, s^2 I) to every release, and the extractor was trained through that channel; the attackers "
         "see one release per evaluated image and train on their own, independently drawn releases) and "
         "Gaussian noise N(0, r C) on f (Procedure 2). Limits: the privacy is **empirical**, not a formal "
-        "guarantee (no differential-privacy epsilon); stronger attackers, more auxiliary data or "
+        "bound (no differential-privacy epsilon); stronger attackers, more auxiliary data or "
         "averaging repeated noisy releases of one image can recover more. The `simple` stage has no "
         "y-remover at all: it is the baseline, not a privacy model."
     )

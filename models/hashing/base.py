@@ -66,7 +66,7 @@ class HashingModule(PrivzooHubMixin, L.LightningModule):
     card_usage = "codes = model.hash(x)  # x: float [B, C, H, W] in [0, 1] -> {-1, +1} codes [B, bits]"
     card_threat_model = (
         "This is not a privacy model: it is a retrieval model that PPL's protection is measured against "
-        "(the 'victim'). Its mAP on protected images is empirical evidence for PPL, not a guarantee."
+        "(the 'victim'). Its mAP on protected images is empirical evidence for PPL, not a bound."
     )
 
     #: rank cut of the nDCG logged next to mAP (``{stage}/ndcg_100``)

@@ -104,13 +104,16 @@ class PPL(PrivzooHubMixin, L.LightningModule):
         "bit-depth reduction). It knows the method but not the generator's weights, sees the released "
         "images, and trains its own victims (ADSH, DSDH, a classification-hash CNN, a timm backbone, an "
         "MLP) on clean (C) or protected (A) training images. Protection: every image is moved by at most "
-        "epsilon in the l_p norm (eq. 2) so that retrieval across and within the protected domain "
-        "degrades. The headline privacy numbers are the WORST CASE of the 'Privacy under attack' table "
+        "epsilon in the l_p norm (eq. 2) so that retrieval across the clean and protected domains degrades "
+        "for every victim, and within the protected domain for clean-trained ones; a victim trained on "
+        "protected images still searches among protected images (A->A, the paper's 'normal use', counted "
+        "as utility). The headline privacy numbers are the WORST CASE of the 'Privacy under attack' table "
         "(scripts/attack.py: the least private mAP and cross/clean mAP ratio over victims, training "
-        "domains and purifications); the Metrics table's ADSH rows are the paper's protocol, kept for "
-        "comparison. Limits: the privacy is empirical, at the stated epsilon, not a formal guarantee; "
-        "other architectures, adaptive attackers (e.g. adversarial training, denoisers) or larger "
-        "training sets may recover more utility from protected images."
+        "domains, purifications and every scenario outside the victim's own training domain); the Metrics "
+        "table's ADSH rows are the paper's protocol, kept for comparison. Limits: the privacy is "
+        "empirical, at the stated epsilon, not a formal bound (this is not differential privacy); other "
+        "architectures, adaptive attackers (e.g. adversarial training, denoisers) or larger training sets "
+        "may recover more utility from protected images."
     )
 
     # threat model of the attack harness (models.attacks, scripts/attack.py): a crawler of released images

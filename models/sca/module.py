@@ -161,7 +161,7 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         "class probes, a KS test and a learned noise classifier); the server_nmse_* values in the Metrics "
         "table are the paper's attacks, kept to compare with its Table I, and they understate what a "
         "server can do. Limits: the privacy is empirical, measured against these attacks on the "
-        "Fashion-MNIST test set at the stated Sx / Sp, not a formal guarantee (no differential privacy, "
+        "Fashion-MNIST test set at the stated Sx / Sp, not a formal bound (no differential privacy, "
         "no proof); stronger or better-trained attackers, side information, or several public codes of "
         "the same image may recover more. The support (or the private codes) must be kept secret: whoever "
         "holds it reconstructs the image like the authorized user."
