@@ -43,6 +43,7 @@ from models.ppl.figures import (
     epsilon_figure,
     figure_markdown,
     figure_plot,
+    load_protector,
     parse_epsilon_ckpts,
     protector_for,
     ratio_figure,
@@ -59,7 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common.add_argument("--ppl-bits", type=int, default=8, help="code length of a generator trained here")
     common.add_argument("--ppl-arg", action="append", default=[], help="CLI override for PPL, key=value")
     common.add_argument(
-        "--victim-arg", action="append", default=[], help="CLI override for victims, key=value"
+        "--victim-arg",
+        action="append",
+        default=[],
+        help="CLI override for the victims, key=value, or VICTIM:key=value for one of them "
+        "(e.g. adsh:trainer.max_epochs=15)",
     )
     common.add_argument(
         "--data-arg", action="append", default=[], help="CLI override for all data, key=value"
@@ -103,6 +108,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _victim_args(pairs: list[str]) -> dict[str, tuple[str, ...]]:
+    """``key=value`` (every victim) or ``VICTIM:key=value`` (that victim only) -> CLI overrides per victim."""
+    per: dict[str, list[str]] = {"*": []}
+    for pair in pairs:
+        key = pair.partition("=")[0]
+        victim, sep, rest = pair.partition(":") if ":" in key else ("*", "", pair)
+        if sep and victim not in ("adsh", "dsdh"):
+            raise SystemExit(
+                f"--victim-arg {pair!r}: expected key=value or VICTIM:key=value, VICTIM adsh or dsdh"
+            )
+        per.setdefault(victim, []).append(rest)
+    return {victim: tuple(_overrides(p)) for victim, p in per.items()}
+
+
 def _setup(args) -> FigureSetup:
     return FigureSetup(
         dataset=args.dataset,
@@ -110,7 +129,7 @@ def _setup(args) -> FigureSetup:
         bits=args.bits,
         ppl_bits=args.ppl_bits,
         ppl_args=tuple(_overrides(args.ppl_arg)),
-        victim_args=tuple(_overrides(args.victim_arg)),
+        victim_args=_victim_args(args.victim_arg),
         data_args=tuple(_overrides(args.data_arg)),
         scale=tuple(args.victim_arg),
         out=Path(args.out),
@@ -134,28 +153,37 @@ def _points(args) -> tuple[list[tuple[str, float]], dict]:
     return points, generators
 
 
+def _checked(args) -> dict:
+    """The figure's inputs, checked (and given generators loaded) before anything is trained."""
+    if args.figure == "transfer":
+        return {"backbones": check_backbones(args.backbones), "protector": _given(args.ppl_ckpt)}
+    if args.figure == "ratio":
+        return {"shares": check_shares(args.shares), "protector": _given(args.ppl_ckpt)}
+    clean = {}
+    for (victim, domain), path in _victim_ckpts(args.victim_ckpt).items():
+        if domain != "C":
+            raise ValueError(f"--victim-ckpt {victim}:{domain}: only clean-trained (C) victims are reused")
+        clean[victim] = path
+    points, generators = _points(args)
+    return {"points": points, "generators": generators, "clean": clean}
+
+
+def _given(spec: str | None) -> tuple | None:
+    return None if spec is None else (load_protector(spec), spec)
+
+
 def run(args) -> dict:
     setup = _setup(args)
     try:
-        if args.figure == "transfer":
-            check_backbones(args.backbones)
-            protector, ckpt = protector_for(setup, args.ppl_ckpt)
-            return transfer_figure(setup, protector, ckpt, args.backbones, args.train_domains)
-        if args.figure == "ratio":
-            check_shares(args.shares)
-            protector, ckpt = protector_for(setup, args.ppl_ckpt)
-            return ratio_figure(setup, protector, ckpt, args.shares, args.seed)
-        clean = {}
-        for (victim, domain), path in _victim_ckpts(args.victim_ckpt).items():
-            if domain != "C":
-                raise ValueError(
-                    f"--victim-ckpt {victim}:{domain}: only clean-trained (C) victims are reused"
-                )
-            clean[victim] = path
-        points, generators = _points(args)
-        return epsilon_figure(setup, points, generators, clean)
+        inputs = _checked(args)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"ppl_figures {args.figure}: {err}") from err
+    if args.figure == "epsilon":
+        return epsilon_figure(setup, inputs["points"], inputs["generators"], inputs["clean"])
+    protector, ckpt = inputs["protector"] or protector_for(setup, None)
+    if args.figure == "transfer":
+        return transfer_figure(setup, protector, ckpt, inputs["backbones"], args.train_domains)
+    return ratio_figure(setup, protector, ckpt, inputs["shares"], args.seed)
 
 
 def log_wandb(args, results: dict, picture: np.ndarray, out: Path) -> None:

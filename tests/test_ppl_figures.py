@@ -1,4 +1,4 @@
-"""PPL's figures (Figs. 3, 5, 6): the subcommands end to end on a tiny Fashion-MNIST, the mixed pool, errors."""
+"""PPL figures 3, 5, 6: the subcommands end to end on a tiny Fashion-MNIST, the mixed pool, errors."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.ppl.figures import load_protector, mixed_pool
+from models.ppl.figures import DEFAULT_BACKBONES, check_backbones, load_protector, mixed_pool
 from models.ppl.protocol import SCENARIOS, released_pool, victim_row
 
 NAMES = [n for n, _, _ in SCENARIOS]
@@ -63,6 +63,15 @@ def test_transfer_scores_each_backbone_trained_on_clean_and_protected(fashion_mn
     )
     assert victim.hparams.backbone == "mobilenetv3_small_050" and victim.bits == 8
     assert list((out / "wandb").glob("offline-run-*"))  # the wandb table + plot
+
+
+def test_default_backbones_run_at_28x28_with_the_feature_width_they_report():
+    from models.backbones import create_backbone
+
+    # MobileNetV3 / GhostNet have a conv head after pooling: timm's num_features (576) is not their output
+    assert check_backbones([*DEFAULT_BACKBONES, "mobilenetv3_small_050", "ghostnet_050"])
+    assert create_backbone("mobilenetv3_small_100", in_chans=1).num_features == 1024
+    assert create_backbone("resnet18", in_chans=1).num_features == 512
 
 
 def test_mixed_pool_protects_round_p_n_nested_training_rows():
@@ -130,8 +139,16 @@ def test_victim_row_train_released_must_match_the_pool(fashion_mnist_dir, tmp_pa
 def test_epsilon_trains_a_generator_per_budget_and_the_clean_victim_once(fashion_mnist_dir, tmp_path):
     import ppl_figures
 
+    from models.hashing import ADSH
+
     out = tmp_path / "out"
     argv = _argv(fashion_mnist_dir, out, "epsilon", "--victims", "adsh", "--epsilons", "0.1", "0.3")
+    argv += [
+        "--victim-arg",
+        "adsh:model.init_args.num_samples=24",
+        "--victim-arg",
+        "dsdh:model.init_args.mu=9",
+    ]
     results = ppl_figures.main(argv + ["--l2-epsilons", "2.0"])
     points = [(p["norm"], p["epsilon"]) for p in results["points"]]
     assert points == [("inf", 0.1), ("inf", 0.3), ("2", 2.0)]
@@ -143,7 +160,12 @@ def test_epsilon_trains_a_generator_per_budget_and_the_clean_victim_once(fashion
         (n, e, d) for n, e in points for d in ("C", "A")
     ]
     md = _check_files(out, "epsilon", results)
-    assert "| l_2 | 2 |" in md and "SSIM" in md
+    assert "| l_2 | 2 |" in md and "SSIM" in md and "adsh:model.init_args.num_samples=24" in md
+    # a VICTIM:key=value override reaches that victim only (DSDH's mu would not even parse for ADSH)
+    assert (
+        ADSH.load_from_checkpoint(out / "adsh_C_8" / "final.ckpt", weights_only=True).hparams.num_samples
+        == 24
+    )
     clean = [r for r in results["rows"] if r["trained_on"] == "C"]
     # one clean-trained victim, scored against every budget: its clean->clean mAP cannot change
     assert [r["victim_ckpt"] for r in clean] == [None] + [str(out / "adsh_C_8" / "final.ckpt")] * 2
@@ -159,7 +181,12 @@ def test_epsilon_trains_a_generator_per_budget_and_the_clean_victim_once(fashion
     again = _argv(
         fashion_mnist_dir, tmp_path / "again", "epsilon", "--victims", "adsh", "--wandb", "disabled"
     )
-    again += ["--ppl-ckpt", f"0.3={results['points'][1]['ckpt']}"]
+    again += [
+        "--ppl-ckpt",
+        f"0.3={results['points'][1]['ckpt']}",
+        "--victim-arg",
+        "adsh:model.init_args.num_samples=24",
+    ]
     again += ["--victim-ckpt", f"adsh:C={out / 'adsh_C_8' / 'final.ckpt'}"]
     rerun = ppl_figures.main(again)
     assert [(p["norm"], p["epsilon"]) for p in rerun["points"]] == [("inf", 0.3)]
@@ -183,6 +210,8 @@ def test_epsilon_trains_a_generator_per_budget_and_the_clean_victim_once(fashion
         (["epsilon", "--ppl-ckpt", "0.1"], "EPS=PATH"),
         (["epsilon", "--ppl-ckpt", "big=a.ckpt"], "EPS=PATH"),
         (["epsilon", "--ppl-ckpt", "0.2=ppl-fashion-mnist-16bit"], "trained with epsilon 0.3"),
+        (["ratio", "--victim-arg", "cnn:trainer.max_epochs=1"], "VICTIM:key=value"),
+        (["ratio", "--victim-arg", "trainer.max_epochs"], "not key=value"),
     ],
 )
 def test_bad_inputs_stop_with_a_clear_error(tmp_path, argv, message):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,8 @@ class FigureSetup:
         bits: code length of the victims (paper's figures: 16).
         ppl_bits: code length of a generator trained here (paper: 8).
         ppl_args: CLI overrides of a generator trained here (``["--trainer.max_steps", "200"]``).
-        victim_args: CLI overrides of every victim (e.g. a reduced ``--trainer.max_epochs``).
+        victim_args: CLI overrides of the victims, ``{victim name or "*" (all): ("--key", value, ...)}``
+            (e.g. a reduced ``--trainer.max_epochs`` per victim).
         data_args: CLI overrides of all data (generator and victims).
         scale: ``key=value`` pairs of the victim overrides, as typed, for the figure's text.
         out: output folder (checkpoints of trained generators / victims).
@@ -103,9 +104,9 @@ class FigureSetup:
     bits: int = 16
     ppl_bits: int = 8
     ppl_args: tuple[str, ...] = ()
-    victim_args: tuple[str, ...] = ()
+    victim_args: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     data_args: tuple[str, ...] = ()
-    scale: tuple[str, ...] = field(default=())
+    scale: tuple[str, ...] = ()
     out: Path = Path("runs/ppl_figures")
     batch_size: int = 1000
 
@@ -120,7 +121,7 @@ class FigureSetup:
             extra += ["--model.init_args.backbone", backbone]
         if victim == "adsh":  # database codes from images: the database domain changes between scenarios
             extra += ["--model.init_args.eval_database_codes", "hash"]
-        return [*extra, *self.victim_args, *self.data_args]
+        return [*extra, *self.victim_args.get("*", ()), *self.victim_args.get(victim, ()), *self.data_args]
 
     def victim_scale(self) -> str:
         """One sentence stating the victims' training scale."""
@@ -128,8 +129,8 @@ class FigureSetup:
         if not self.scale:
             return f"Victims at their configs' full (paper) scale: {configs}, {self.bits} bits."
         return (
-            f"Victims at a reduced scale: {configs} with {', '.join(self.scale)}, {self.bits} bits "
-            "(fewer epochs than the paper's victims; mAPs are lower than at full scale)."
+            f"Victims at a reduced scale: {configs} with {', '.join(self.scale)}, {self.bits} bits; compare "
+            "these numbers with each other, not with the paper's full-scale victims."
         )
 
 
