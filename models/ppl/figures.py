@@ -121,7 +121,8 @@ class FigureSetup:
             extra += ["--model.init_args.backbone", backbone]
         if victim == "adsh":  # database codes from images: the database domain changes between scenarios
             extra += ["--model.init_args.eval_database_codes", "hash"]
-        return [*extra, *self.victim_args.get("*", ()), *self.victim_args.get(victim, ()), *self.data_args]
+        # the more specific last: data overrides, then every victim's, then this victim's own
+        return [*extra, *self.data_args, *self.victim_args.get("*", ()), *self.victim_args.get(victim, ())]
 
     def victim_scale(self) -> str:
         """One sentence stating the victims' training scale."""
