@@ -108,6 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+_WHERE = ("data_dir", "download")  # data overrides that do not change what is measured
+
+
 def _victim_args(pairs: list[str]) -> dict[str, tuple[str, ...]]:
     """``key=value`` (every victim) or ``VICTIM:key=value`` (that victim only) -> CLI overrides per victim."""
     per: dict[str, list[str]] = {"*": []}
@@ -131,7 +134,7 @@ def _setup(args) -> FigureSetup:
         ppl_args=tuple(_overrides(args.ppl_arg)),
         victim_args=_victim_args(args.victim_arg),
         data_args=tuple(_overrides(args.data_arg)),
-        scale=tuple(args.victim_arg),
+        scale=(*args.victim_arg, *(d for d in args.data_arg if not d.partition("=")[0].endswith(_WHERE))),
         out=Path(args.out),
         batch_size=args.batch_size,
     )
@@ -198,13 +201,9 @@ def log_wandb(args, results: dict, picture: np.ndarray, out: Path) -> None:
         table.add_data(
             *[row[c] for c in cols], *[row["map"][n] for n in names], *[row["ndcg_100"][n] for n in names]
         )
+    name, config = f"ppl-figure-{args.figure}", vars(args)
     run = wandb.init(
-        project="privzoo",
-        name=f"ppl-figure-{args.figure}",
-        dir=str(out),
-        mode=args.wandb,
-        config=vars(args),
-        reinit="finish_previous",
+        project="privzoo", name=name, dir=str(out), mode=args.wandb, config=config, job_type="eval"
     )
     run.log({f"ppl_figures/{args.figure}": table, f"ppl_figures/{args.figure}_plot": wandb.Image(picture)})
     run.finish()
@@ -212,7 +211,8 @@ def log_wandb(args, results: dict, picture: np.ndarray, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    results = {**run(args), "command": " ".join(sys.argv)}
+    command = " ".join(["scripts/ppl_figures.py", *(sys.argv[1:] if argv is None else argv)])
+    results = {**run(args), "command": command}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     picture = figure_plot(results)

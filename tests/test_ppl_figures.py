@@ -32,6 +32,7 @@ def _check_files(out, figure, results):
     assert json.loads((out / f"{figure}.json").read_text()) == json.loads(json.dumps(results))
     md = (out / f"{figure}.md").read_text()
     assert "reduced scale" in md and "trainer.max_epochs=1" in md and "nDCG@100" in md
+    assert "data.init_args.num_train=32" in md and "data_dir" not in md
     picture = np.asarray(Image.open(out / f"{figure}.png"))
     assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
     assert picture.std() > 0  # a drawn plot, not a blank canvas

@@ -94,7 +94,8 @@ class FigureSetup:
         victim_args: CLI overrides of the victims, ``{victim name or "*" (all): ("--key", value, ...)}``
             (e.g. a reduced ``--trainer.max_epochs`` per victim).
         data_args: CLI overrides of all data (generator and victims).
-        scale: ``key=value`` pairs of the victim overrides, as typed, for the figure's text.
+        scale: the ``key=value`` victim and data overrides, as typed, that change the victims' scale (not
+            where the data lives), for the figure's text.
         out: output folder (checkpoints of trained generators / victims).
         batch_size: images per protect / hash call.
     """
