@@ -67,4 +67,8 @@ def create_backbone(name: str, in_chans: int, pretrained: bool = False) -> nn.Mo
             f"unknown backbone {name!r}: use 'small_cnn' or a timm model name "
             f"(e.g. {', '.join(timm.list_models('resnet*')[:4])}; see timm.list_models())"
         )
-    return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans)
+    model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans)
+    # with num_classes=0 timm returns the pre-logits features, head_hidden_size wide; that is num_features
+    # except for models with a conv / MLP head after pooling (MobileNetV3: 1024 vs 576, GhostNet: 1280 vs 480)
+    model.num_features = getattr(model, "head_hidden_size", None) or model.num_features
+    return model

@@ -309,6 +309,7 @@ def victim_row(
     protected: torch.Tensor,
     ckpt: str | None = None,
     batch_size: int = 1000,
+    train_released: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Trains (or loads) one victim on the clean (C) or protected (A) pool; its four scenario mAPs.
 
@@ -320,6 +321,9 @@ def victim_row(
         pool, protected: uint8 ``[N, C, H, W]`` clean pool and its released version.
         ckpt: a trained victim to evaluate instead of training one.
         batch_size: images per hash call.
+        train_released: a uint8 pool (same shape) the training split draws its images from instead, e.g.
+            clean rows with a share protected (paper, "Ratio of Adversaries", Fig. 5); the scenarios
+            still use ``pool`` / ``protected``.
 
     Returns:
         ``{"map": {scenario: mAP}, "fit_s": seconds or None, "model": the victim}``.
@@ -335,6 +339,13 @@ def victim_row(
         raise RuntimeError(f"{config}'s datamodule holds other images than the PPL pool: same dataset?")
     if domain == "A":  # every split now draws the released (protected) images
         protect_datamodule(dm, released=protected)
+    if train_released is not None:
+        if train_released.shape != pool.shape or train_released.dtype != pool.dtype:
+            raise ValueError(
+                f"train_released is {train_released.dtype} {tuple(train_released.shape)}: give a uint8 pool "
+                f"shaped like the clean one, {tuple(pool.shape)}"
+            )
+        dm.train_set.images = train_released
     if ckpt is None:
         t0 = time.perf_counter()
         cli.trainer.fit(cli.model, datamodule=dm)
