@@ -52,6 +52,36 @@ def _step(ckpt: str) -> int:
     return int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("global_step", -1))
 
 
+def _victims(args: argparse.Namespace, split: dict, cache: Path) -> dict:
+    """The held-out victims: trained here, or loaded from ``cache`` when an earlier run in ``--out`` trained
+    them on the same split with the same settings (they do not depend on the candidates)."""
+    from models.attacks.retrieval import HashVictim
+
+    key = [args.config, args.data_arg, args.victims, args.victim_bits, args.victim_epochs]
+    key += [args.num_query, args.num_database, args.seed]
+    if cache.is_file():
+        saved = torch.load(cache, map_location="cpu", weights_only=True)
+        if saved["key"] == json.dumps(key):
+            shape = split["pool"].shape
+            victims = {}
+            for arch, state in saved["victims"].items():
+                victims[arch] = HashVictim(arch, args.victim_bits, int(saved["classes"]), shape[1], shape[-1])
+                victims[arch].load_state_dict(state)
+            print(f"[select] held-out victims loaded from {cache}", flush=True)
+            return victims
+    t0 = time.perf_counter()
+    victims = train_selection_victims(split, args.victims, args.victim_bits, args.victim_epochs, args.seed)
+    print(f"[select] {len(victims)} held-out victims trained in {time.perf_counter() - t0:.0f} s", flush=True)
+    classes = next(iter(victims.values())).hparams.num_classes
+    state = {
+        "key": json.dumps(key),
+        "classes": classes,
+        "victims": {a: v.state_dict() for a, v in victims.items()},
+    }
+    torch.save(state, cache)
+    return victims
+
+
 def markdown(result: dict) -> str:
     victims = list(result["rows"][0]["map"]) if result["rows"] else []
     head = ["checkpoint", "step", "score"] + [f"{v} ratio" for v in victims]
@@ -91,9 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         overrides += [f"--{key}", value]
     dm = retrieval_datamodule(args.config, overrides, out / "cli")
     split = validation_split(dm, args.num_query, args.num_database, args.seed)
-    t0 = time.perf_counter()
-    victims = train_selection_victims(split, args.victims, args.victim_bits, args.victim_epochs, args.seed)
-    print(f"[select] {len(victims)} held-out victims trained in {time.perf_counter() - t0:.0f} s", flush=True)
+    victims = _victims(args, split, out / "victims.pt")
     ckpts = sorted(dict.fromkeys(args.ckpts), key=_step)
     result = select_checkpoint(
         ckpts,

@@ -74,7 +74,7 @@ def test_score_and_choice_follow_the_victims_and_the_quality_floor(retrieval_dm)
         select_checkpoint([], models.__getitem__, split, victims)
 
 
-def test_select_script_end_to_end(fashion_mnist_dir, tiny_ppl, tmp_path):
+def test_select_script_end_to_end(fashion_mnist_dir, tiny_ppl, tmp_path, capsys):
     import importlib.util
 
     from conftest import REPO_ROOT
@@ -103,11 +103,15 @@ def test_select_script_end_to_end(fashion_mnist_dir, tiny_ppl, tmp_path):
     out = tmp_path / "sel"
     data = [f"data.init_args.data_dir={fashion_mnist_dir}", "data.init_args.num_train=32"]
     data += ["data.init_args.download=false"]
-    result = script.main(
-        ["--ckpts", *ckpts, "--out", str(out), "--num-query", "16", "--num-database", "60"]
-        + ["--victims", "mlp", "--victim-epochs", "1", "--min-ssim", "0"]
-        + [a for pair in data for a in ("--data-arg", pair)]
-    )
+    argv = ["--ckpts", *ckpts, "--out", str(out), "--num-query", "16", "--num-database", "60"]
+    argv += ["--victims", "mlp", "--victim-epochs", "1", "--min-ssim", "0"]
+    argv += [a for pair in data for a in ("--data-arg", pair)]
+    result = script.main(argv)
+    assert "victims trained" in capsys.readouterr().out
+    # a second run on the same split reuses the held-out victims (they do not depend on the candidates)
+    again = script.main(argv)
+    assert "victims loaded" in capsys.readouterr().out
+    assert [r["map"] for r in again["rows"]] == [r["map"] for r in result["rows"]]
     saved = json.loads((out / "selection.json").read_text())
     assert saved["chosen"] == result["chosen"] and saved["chosen"] in ckpts
     assert [r["step"] for r in saved["rows"]] == [1, 1]
