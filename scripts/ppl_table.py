@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="VICTIM:DOMAIN=PATH",
-        help="evaluate this trained victim instead of training it, e.g. adsh:C=runs/adsh/last.ckpt "
+        help="evaluate this trained victim (a checkpoint or a zoo name) instead of training it, e.g. "
+        "adsh:C=runs/adsh/last.ckpt or adsh:C=adsh-fashion-mnist-16bit "
         "(a clean-trained victim does not depend on PPL, so it can be trained beforehand)",
     )
     p.add_argument("--victim-arg", action="append", default=[], help="CLI override for victims, key=value")
@@ -86,16 +88,24 @@ def _overrides(pairs: list[str]) -> list[str]:
     return out
 
 
-def _victim_ckpts(pairs: list[str]) -> dict[tuple[str, str], str]:
+def _victim_ckpts(pairs: list[str]) -> dict[tuple[str, str], Any]:
     out = {}
     for pair in pairs:
         key, sep, path = pair.partition("=")
         victim, _, domain = key.partition(":")
         if not sep or victim not in ("adsh", "dsdh") or domain not in ("C", "A"):
             raise SystemExit(f"--victim-ckpt {pair!r}: expected VICTIM:DOMAIN=PATH, e.g. adsh:C=last.ckpt")
-        if not Path(path).is_file():
-            raise SystemExit(f"--victim-ckpt {pair!r}: no such file {path}")
-        out[(victim, domain)] = path
+        if Path(path).is_file():
+            out[(victim, domain)] = path
+            continue
+        from models import zoo
+
+        if path not in zoo.available():
+            raise SystemExit(
+                f"--victim-ckpt {pair!r}: {path} is neither a checkpoint file nor a zoo name "
+                f"({', '.join(n for n in zoo.available() if n.startswith(victim))})"
+            )
+        out[(victim, domain)] = zoo.load(path)  # e.g. adsh:C=adsh-fashion-mnist-16bit
     return out
 
 
@@ -177,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
                 root = out / f"{victim}_{domain}_{bits}{args.tag}"
                 ckpt = victim_ckpts.get((victim, domain))
                 row = victim_row(cfg, extra, root, domain, pool, protected, ckpt, args.batch_size)
-                fit = f"fit {row['fit_s']:.0f} s" if row["fit_s"] is not None else f"loaded {ckpt}"
+                source = ckpt if isinstance(ckpt, str) else f"zoo {type(ckpt).__name__} victim"
+                fit = f"fit {row['fit_s']:.0f} s" if row["fit_s"] is not None else f"loaded {source}"
                 print(f"[{victim} {bits} bits, trained on {domain}] {fit}: {row['map']}")
                 paper = paper_row(args.dataset, bits, victim, domain)
                 rows.append(

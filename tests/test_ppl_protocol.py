@@ -151,3 +151,9 @@ def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, m
     assert "| DSDH | A |" in (tmp_path / "m" / "table.md").read_text()
     with pytest.raises(SystemExit, match="VICTIM:DOMAIN=PATH"):
         ppl_table.main(rerun[:-2] + ["--victim-ckpt", "adsh=x.ckpt"])
+    with pytest.raises(SystemExit, match="neither a checkpoint file nor a zoo name"):
+        ppl_table.main(rerun[:-2] + ["--victim-ckpt", "adsh:C=no-such-victim"])
+    from models.hashing import ADSH
+
+    zoo_victim = ppl_table._victim_ckpts(["adsh:C=adsh-fashion-mnist-16bit"])[("adsh", "C")]
+    assert isinstance(zoo_victim, ADSH) and zoo_victim.bits == 16  # a shipped victim, loaded offline

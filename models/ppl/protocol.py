@@ -307,7 +307,7 @@ def victim_row(
     domain: str,
     pool: torch.Tensor,
     protected: torch.Tensor,
-    ckpt: str | None = None,
+    ckpt: str | Path | torch.nn.Module | None = None,
     batch_size: int = 1000,
     train_released: torch.Tensor | None = None,
 ) -> dict[str, Any]:
@@ -319,7 +319,7 @@ def victim_row(
         root: output folder (``final.ckpt`` of a trained victim).
         domain: ``"C"`` or ``"A"``: the training images.
         pool, protected: uint8 ``[N, C, H, W]`` clean pool and its released version.
-        ckpt: a trained victim to evaluate instead of training one.
+        ckpt: a trained victim to evaluate instead of training one (a Lightning checkpoint, or the model).
         batch_size: images per hash call.
         train_released: a uint8 pool (same shape) the training split draws its images from instead, e.g.
             clean rows with a share protected (paper, "Ratio of Adversaries", Fig. 5); the scenarios
@@ -353,7 +353,15 @@ def victim_row(
         cli.trainer.save_checkpoint(root / "final.ckpt")
         model = cli.model.eval()
     else:
-        model = type(cli.model).load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+        if isinstance(ckpt, torch.nn.Module):  # an already loaded victim (e.g. a zoo checkpoint)
+            model = ckpt.eval()
+            if not isinstance(model, type(cli.model)):
+                raise TypeError(
+                    f"the given victim is a {type(model).__name__}, but {config} trains a "
+                    f"{type(cli.model).__name__}"
+                )
+        else:
+            model = type(cli.model).load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
         if model.bits != cli.model.bits:
             raise ValueError(f"{ckpt} is a {model.bits}-bit victim, not {cli.model.bits}")
         fit_s = None
