@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from ppl_table import _overrides
 
 from models.io import atomic_write_text
 from models.ppl import PPL
@@ -113,16 +114,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"no such checkpoint(s): {missing}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    overrides = []
-    for pair in args.data_arg:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--data-arg {pair!r} is not key=value")
-        overrides += [f"--{key}", value]
-    dm = retrieval_datamodule(args.config, overrides, out / "cli")
+    dm = retrieval_datamodule(args.config, _overrides(args.data_arg), out / "cli")
     split = validation_split(dm, args.num_query, args.num_database, args.seed)
     victims = _victims(args, split, out / "victims.pt")
-    ckpts = sorted(dict.fromkeys(args.ckpts), key=_step)
+    steps = {c: _step(c) for c in dict.fromkeys(args.ckpts)}  # each checkpoint read once for its step
+    ckpts = sorted(steps, key=steps.get)
     result = select_checkpoint(
         ckpts,
         lambda c: PPL.load_from_checkpoint(c, map_location="cpu", weights_only=False),
@@ -131,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.min_ssim,
     )
     for row in result["rows"]:
-        row["step"] = _step(row["ckpt"])
+        row["step"] = steps[row["ckpt"]]
     result |= {
         "split": {"num_query": args.num_query, "num_database": args.num_database, "seed": args.seed},
         "victim_bits": args.victim_bits,
