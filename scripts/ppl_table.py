@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 
-from models.ppl import PPL
 from models.ppl.protocol import (
     SCENARIOS,
     merge_tables,
@@ -51,7 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--victims", nargs="+", default=["adsh", "dsdh"], choices=["adsh", "dsdh"])
     p.add_argument("--train-domains", nargs="+", default=["C", "A"], choices=["C", "A"])
-    p.add_argument("--ppl-ckpt", default=None, help="trained PPL checkpoint (any code length); else train")
+    p.add_argument(
+        "--ppl-ckpt",
+        default=None,
+        help="trained PPL checkpoint or PPL zoo name (any code length); else one is trained",
+    )
     p.add_argument("--ppl-arg", action="append", default=[], help="CLI override for PPL, key=value")
     p.add_argument(
         "--victim-ckpt",
@@ -72,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "into one table under --out; rows measured twice must agree",
     )
     p.add_argument("--out", default="runs/ppl_table")
+    p.add_argument(
+        "--card",
+        default=None,
+        metavar="FOLDER",
+        help="also write the table into the card of this checkpoint folder (section 'Table 1 at every code "
+        "length'); every code length's generator must be that folder's model (its zoo name or path)",
+    )
     p.add_argument("--tag", default="", help="suffix of the output files (e.g. a transferability run)")
     p.add_argument("--wandb", choices=["offline", "online", "disabled"], default="offline")
     p.add_argument("--batch-size", type=int, default=1000, help="images per protect / hash call")
@@ -136,6 +146,54 @@ def log_wandb(args, results: dict, grid: torch.Tensor | None, out: Path) -> None
     run.finish()
 
 
+#: the privacy cells of Table 1 for a victim trained on clean (C) or protected (A) images
+PRIVACY_CELLS = {"C": ("C->A", "A->C", "A->A"), "A": ("C->C", "A->C", "C->A")}
+
+
+def worst_privacy_cell(results: dict) -> dict:
+    """The highest-mAP privacy cell of the table's victims (not the surrogate) over every code length."""
+    cells = [
+        {"bits": int(bits), "model": row["model"], "trained_on": row["trained_on"], "scenario": s,
+         "map": row["map"][s]}
+        for bits, res in results["bits"].items()
+        for row in res["rows"]
+        if row["trained_on"] in PRIVACY_CELLS
+        for s in PRIVACY_CELLS[row["trained_on"]]
+    ]  # fmt: skip
+    if not cells:
+        raise ValueError("the table has no victim rows (only the surrogate's)")
+    return max(cells, key=lambda c: c["map"])
+
+
+def table_card(folder: str, results: dict, command: str) -> None:
+    """Writes the table (code lengths in order) into a checkpoint folder's card, with its worst cell."""
+    from models.cards import update_card_section
+
+    path = Path(folder)
+    used = {res["ppl"]["ckpt"] for res in results["bits"].values()}
+    if not used <= {path.name, str(folder), str(path.resolve())}:
+        raise SystemExit(
+            f"--card {folder}: the table's generator is {sorted(used)}, not this folder's model; run "
+            f"ppl_table with --ppl-ckpt {path.name} (its zoo name) or --ppl-ckpt {folder}"
+        )
+    ordered = {**results, "bits": dict(sorted(results["bits"].items(), key=lambda kv: int(kv[0])))}
+    w = worst_privacy_cell(ordered)
+    intro = (
+        "The paper's protocol (Table 1): these weights protect the test queries and the training database; "
+        "ADSH / DSDH victims at each code length are trained on the clean (C) or the protected (A) training "
+        "images (`configs/<victim>/fashion_mnist.yaml`) and ranked by Hamming distance (query = test set, "
+        "database = training set). Privacy cells: C->A, A->C, A->A of a C-trained victim; C->C, A->C, C->A "
+        "of an A-trained one (its A->A is normal use). "
+        f"Worst privacy cell here: mAP **{w['map']:.4f}** ({w['model']}-{w['trained_on']}, {w['bits']} bits, "
+        f"{w['scenario']}); 'Privacy under attack' headlines the harness's attacks, which include "
+        "victims this table does not."
+    )
+    update_card_section(
+        folder, "table1", "Table 1 at every code length", intro + "\n\n" + table_markdown(ordered), command
+    )
+    print(f"wrote the table into {path / 'README.md'} (worst privacy cell {w})")
+
+
 def write(args, results: dict, grid: torch.Tensor | None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,24 +201,32 @@ def write(args, results: dict, grid: torch.Tensor | None) -> dict:
     (out / f"table{args.tag}.md").write_text(table_markdown(results))
     print(table_markdown(results))
     log_wandb(args, results, grid, out)
+    if args.card:
+        table_card(args.card, results, args.command)
     return results
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    args.command = "scripts/ppl_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.merge:
         try:
             parts = [json.loads(Path(p).read_text()) for p in args.merge]
             results = merge_tables(parts, args.merge)
         except (OSError, ValueError) as err:
             raise SystemExit(f"--merge: {err}") from err
-        return write(args, {**results, "command": " ".join(sys.argv)}, None)
+        return write(args, {**results, "command": args.command}, None)
     out = Path(args.out)
     ppl_cfg = REPO / "configs" / "ppl" / f"{args.dataset}.yaml"
     data = _overrides(args.data_arg)
     victim_ckpts = _victim_ckpts(args.victim_ckpt)
     if args.ppl_ckpt:
-        protector = PPL.load_from_checkpoint(args.ppl_ckpt, map_location="cpu", weights_only=True).eval()
+        from models.ppl.figures import load_protector
+
+        try:
+            protector = load_protector(args.ppl_ckpt)  # a Lightning checkpoint or a PPL zoo name
+        except (ValueError, FileNotFoundError) as err:
+            raise SystemExit(f"--ppl-ckpt: {err}") from err
         ppl_ckpt = args.ppl_ckpt
     else:
         root = out / f"ppl_{args.ppl_bits}"
@@ -172,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     ppl = {"epsilon": protector.epsilon, "norm": protector.norm, "bits": protector.bits, "ckpt": ppl_ckpt}
     surrogate = surrogate_row(protector, released, args.batch_size)
     print("[surrogate] " + ", ".join(f"{k} {v:.4f}" for k, v in surrogate["map"].items()))
-    results: dict = {"dataset": args.dataset, "bits": {}, "command": " ".join(sys.argv)}
+    results: dict = {"dataset": args.dataset, "bits": {}, "command": args.command}
     for bits in args.bits:
         rows = []
         for victim in args.victims:

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from models.ppl.protocol import (
     protect_uint8,
     scenario_maps,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _shift(eps):
@@ -149,6 +152,28 @@ def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, m
         ("PPL surrogate", "PPL"),
     ]
     assert "| DSDH | A |" in (tmp_path / "m" / "table.md").read_text()
+    # --card writes the table into the card of the generator's own folder, and refuses another model's
+    import shutil
+
+    folder = tmp_path / "ppl-fashion-mnist-16bit"
+    shutil.copytree(REPO / "checkpoints" / "ppl-fashion-mnist-16bit", folder)
+    with pytest.raises(SystemExit, match="not this folder's model"):
+        ppl_table.main(
+            ["--merge", str(out / "table.json"), "--out", str(tmp_path / "m2"), "--card", str(folder)]
+        )
+    mine = json.loads(json.dumps(table))
+    mine["bits"]["8"]["ppl"]["ckpt"] = "ppl-fashion-mnist-16bit"
+    ppl_table.table_card(str(folder), mine, "scripts/ppl_table.py --merge t.json")
+    card = (folder / "README.md").read_text()
+    worst = ppl_table.worst_privacy_cell(mine)
+    assert worst["map"] == max(
+        r["map"][s]
+        for r in rows
+        if r["trained_on"] != "PPL"
+        for s in ppl_table.PRIVACY_CELLS[r["trained_on"]]
+    )
+    assert "## Table 1 at every code length" in card and f"mAP **{worst['map']:.4f}**" in card
+    assert "| ADSH | A |" in card and card.index("Table 1 at every") < card.index("## Threat model")
     with pytest.raises(SystemExit, match="VICTIM:DOMAIN=PATH"):
         ppl_table.main(rerun[:-2] + ["--victim-ckpt", "adsh=x.ckpt"])
     with pytest.raises(SystemExit, match="neither a checkpoint file nor a zoo name"):
