@@ -38,7 +38,7 @@ SIZES = {
         "num_database": 10000,
         "num_train": 5000,
         "victim_epochs": 6,
-        "metric_victim_epochs": 12,
+        "metric_victim_epochs": 30,  # 12 left every loss below the ADSH gate (scripts/metric_victims.py)
         "purifications": ("none", "jpeg_q90", "jpeg_q75", "jpeg_q50", "median3", "gaussian1", "bits3"),
         "a_purifications": ("none", "jpeg_q75"),
     },
