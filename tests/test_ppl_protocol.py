@@ -99,14 +99,20 @@ def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, m
         "data.init_args.eval_batch_size=64",
         "data.init_args.download=false",
     ]
-    argv = ["--bits", "8", "--out", str(tmp_path / "out"), "--ppl-arg", "trainer.max_steps=2"]
+    argv = ["--bits", "12", "--out", str(tmp_path / "out"), "--ppl-arg", "trainer.max_steps=2"]
     argv += ["--victim-arg", "trainer.max_epochs=1", "--batch-size", "50"]
     for d in data:
         argv += ["--data-arg", d]
     results = ppl_table.main(argv)
     table = json.loads((tmp_path / "out" / "table.json").read_text())
     assert table == json.loads(json.dumps(results))
-    rows = table["bits"]["8"]["rows"]
+    rows = table["bits"]["12"]["rows"]
+    # the paper's protocol: ONE generator learned at 8 bits, victims at another code length
+    assert table["bits"]["12"]["ppl"]["bits"] == 8
+    from models.hashing import ADSH
+
+    victim = ADSH.load_from_checkpoint(tmp_path / "out" / "adsh_C_12" / "final.ckpt", weights_only=True)
+    assert victim.bits == 12
     assert [(r["model"], r["trained_on"]) for r in rows] == [
         ("ADSH", "C"),
         ("ADSH", "A"),
@@ -117,7 +123,7 @@ def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, m
     for r in rows:
         assert set(r["map"]) == set(r["ndcg_100"]) == {"C->C", "C->A", "A->C", "A->A"}
         assert all(0 < v <= 1 for v in [*r["map"].values(), *r["ndcg_100"].values()])
-    q = table["bits"]["8"]["quality"]
+    q = table["bits"]["12"]["quality"]
     assert 5 < q["psnr"] < 60 and 0 < q["ssim"] < 1
     md = (tmp_path / "out" / "table.md").read_text()
     assert "| ADSH | A |" in md and "PSNR" in md and "nDCG@100" in md
@@ -125,14 +131,14 @@ def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, m
 
     # evaluating the saved final weights instead of training reproduces the row exactly
     out = tmp_path / "out"
-    rerun = ["--bits", "8", "--out", str(tmp_path / "again"), "--victims", "adsh", "--train-domains", "C"]
+    rerun = ["--bits", "12", "--out", str(tmp_path / "again"), "--victims", "adsh", "--train-domains", "C"]
     rerun += ["--ppl-ckpt", str(out / "ppl_8" / "final.ckpt"), "--wandb", "disabled"]
-    rerun += ["--victim-ckpt", f"adsh:C={out / 'adsh_C_8' / 'final.ckpt'}"]
+    rerun += ["--victim-ckpt", f"adsh:C={out / 'adsh_C_12' / 'final.ckpt'}"]
     for d in data:
         rerun += ["--data-arg", d]
     again = ppl_table.main(rerun)
-    assert again["bits"]["8"]["rows"][0]["map"] == rows[0]["map"]
-    assert again["bits"]["8"]["quality"] == pytest.approx(q, rel=1e-5)
+    assert again["bits"]["12"]["rows"][0]["map"] == rows[0]["map"]
+    assert again["bits"]["12"]["quality"] == pytest.approx(q, rel=1e-5)
     # rows of separate runs (e.g. victims trained in parallel) merge into one table
     merged = ppl_table.main(
         [
@@ -144,7 +150,7 @@ def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, m
         ]
         + ["--wandb", "disabled"]
     )
-    assert [(r["model"], r["trained_on"]) for r in merged["bits"]["8"]["rows"]] == [
+    assert [(r["model"], r["trained_on"]) for r in merged["bits"]["12"]["rows"]] == [
         ("ADSH", "C"),
         ("ADSH", "A"),
         ("DSDH", "C"),
@@ -162,7 +168,7 @@ def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, m
             ["--merge", str(out / "table.json"), "--out", str(tmp_path / "m2"), "--card", str(folder)]
         )
     mine = json.loads(json.dumps(table))
-    mine["bits"]["8"]["ppl"]["ckpt"] = "ppl-fashion-mnist-16bit"
+    mine["bits"]["12"]["ppl"]["ckpt"] = "ppl-fashion-mnist-16bit"
     ppl_table.table_card(str(folder), mine, "scripts/ppl_table.py --merge t.json")
     card = (folder / "README.md").read_text()
     worst = ppl_table.worst_privacy_cell(mine)
