@@ -7,10 +7,16 @@ Prints, on real Fashion-MNIST at the paper's batch sizes:
 * the same step inside a Lightning ``Trainer`` with the in-memory datamodule, and the share of the step
   spent waiting for data (target < 10%);
 * one ADSH and one DSDH training step inside a ``Trainer`` (images/s, data-wait share);
+* the PPL step under ``precision="bf16-mixed"`` (CPU autocast here; the GPU path for our users);
 * the time of the full four-scenario evaluation of one victim (protect the 70,000-image pool, hash
-  query + database in both domains, four mAP@all).
+  query + database in both domains, four mAP@all);
+* the time of the full Table 1 protocol at four victim code lengths (8 / 12 / 16 / 24 bits, ADSH + DSDH,
+  clean- and protected-trained: 16 victim fits): one epoch of the PPL fit and of each victim's fit is
+  timed inside a ``Trainer`` with the shipped configs (``configs/<method>/fashion_mnist.yaml``) and
+  multiplied by the config's epochs; the evaluations are the measured four-scenario time. A projection
+  from measured epochs, printed as such.
 
-    .venv/bin/python scripts/bench_ppl.py [--steps 10 --data-dir data --no-compile]
+    .venv/bin/python scripts/bench_ppl.py [--steps 10 --data-dir data --no-compile --no-protocol]
 
 Numbers depend on the machine and on what else runs on it: compare ratios from the same run.
 """
@@ -50,10 +56,13 @@ class StepTimer(L.Callback):
         self.compute.append(self._end - self._start)
 
 
-def trainer_throughput(model: L.LightningModule, dm, steps: int, batch_size: int) -> dict[str, float]:
+def trainer_throughput(
+    model: L.LightningModule, dm, steps: int, batch_size: int, precision: str = "32-true"
+) -> dict[str, float]:
     timer = StepTimer()
     trainer = L.Trainer(
         max_steps=steps + 2,
+        precision=precision,
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
@@ -107,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", default="data")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    p.add_argument("--no-protocol", action="store_true", help="skip the four-code-length protocol timing")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -136,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     r_cl = trainer_throughput(PPL(channels_last=True), dm, args.steps, 512)
     report("PPL channels_last", 512, r_cl)
     print(f"  -> channels_last x{r_cl['images_per_s'] / r['images_per_s']:.2f} vs the default format")
+    r_bf = trainer_throughput(PPL(), dm, args.steps, 512, precision="bf16-mixed")
+    report("PPL bf16-mixed", 512, r_bf)
+    print(f"  -> bf16-mixed x{r_bf['images_per_s'] / r['images_per_s']:.2f} vs 32-true on this CPU")
     dsdh_dm = FashionMNISTDataModule(
         data_dir=args.data_dir, split="retrieval", batch_size=128, num_train=10_000
     )
@@ -161,6 +174,53 @@ def main(argv: list[str] | None = None) -> None:
     t3 = time.perf_counter()
     print(f"  protect pool {t1 - t0:.1f} s + hash 140,000 images {t2 - t1:.1f} s + 4 mAP@all {t3 - t2:.1f} s")
     print(f"  = {t3 - t0:.1f} s per victim (PPL protection shared by all victims of a code length)")
+    if not args.no_protocol:
+        protocol_time(args.data_dir, protect_s=t1 - t0, eval_s=t3 - t1)
+
+
+def epoch_seconds(method: str, data_dir: str) -> tuple[float, int]:
+    """Wall seconds of one training epoch (validation off) of ``configs/<method>/fashion_mnist.yaml``
+    inside a ``Trainer``, and the config's epoch count (``max_steps`` converted for PPL)."""
+    import tempfile
+    from pathlib import Path
+
+    from models.ppl.protocol import _cli
+
+    cfg = Path(__file__).resolve().parents[1] / "configs" / method / "fashion_mnist.yaml"
+    with tempfile.TemporaryDirectory() as root:
+        cli = _cli(cfg, ["--data.init_args.data_dir", data_dir], Path(root))
+        dm = cli.datamodule
+        dm.prepare_data()
+        dm.setup("fit")
+        steps_per_epoch = len(dm.train_dataloader())
+        cfg_trainer = cli.trainer
+        epochs = cfg_trainer.max_epochs
+        if cfg_trainer.max_steps and cfg_trainer.max_steps > 0:
+            epochs = -(-cfg_trainer.max_steps // steps_per_epoch)
+        trainer = L.Trainer(
+            max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        trainer.fit(cli.model, datamodule=dm)
+        return time.perf_counter() - t0, epochs
+
+
+def protocol_time(data_dir: str, protect_s: float, eval_s: float, bits: tuple = (8, 12, 16, 24)) -> None:
+    print(f"\nTable 1 at {len(bits)} code lengths (projection: one measured epoch x the config's epochs):")
+    total = protect_s
+    ppl_epoch, ppl_epochs = epoch_seconds("ppl", data_dir)
+    total += ppl_epoch * ppl_epochs
+    print(f"  PPL fit: {ppl_epoch:.1f} s/epoch x {ppl_epochs} = {ppl_epoch * ppl_epochs / 60:.1f} min")
+    for victim in ("adsh", "dsdh"):
+        epoch, epochs = epoch_seconds(victim, data_dir)
+        fits = 2 * len(bits)  # clean- and protected-trained at each code length
+        total += fits * (epoch * epochs + eval_s)
+        print(
+            f"  {victim.upper()} fit: {epoch:.1f} s/epoch x {epochs} = {epoch * epochs / 60:.1f} min, "
+            f"x {fits} fits + {fits} evaluations of {eval_s:.1f} s"
+        )
+    print(f"  = {total / 3600:.2f} h for the whole protocol on {torch.get_num_threads()} threads (projected)")
 
 
 if __name__ == "__main__":
