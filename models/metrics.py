@@ -38,7 +38,15 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-__all__ = ["HammingMAP", "HammingNDCG", "hamming_ap", "hamming_map", "hamming_ndcg", "sign_codes"]
+__all__ = [
+    "HammingMAP",
+    "HammingNDCG",
+    "hamming_ap",
+    "hamming_map",
+    "hamming_ndcg",
+    "ranked_ndcg",
+    "sign_codes",
+]
 
 _TIES = ("index", "average")
 # Elements (queries x database items) handled per chunk; ~1M keeps the working set of one chunk within
@@ -775,6 +783,52 @@ def hamming_ndcg(
     return _hamming_ndcg_per_query(
         query_codes, query_labels, db_codes, db_labels, k=k, ties=ties, chunk_size=chunk_size
     ).mean()
+
+
+def ranked_ndcg(ids: Tensor, query_labels: Tensor, db_labels: Tensor, k: int | None = None) -> Tensor:
+    r"""Mean nDCG@k of result lists an index already ranked (e.g. SCA's support-intersection search).
+
+    The gains and discount are :func:`hamming_ndcg`'s: linear gain (1 for a shared class id, or the number
+    of shared labels for multi-hot labels), ``1 / log2(j + 1)`` at rank ``j``, the ideal DCG from the whole
+    database's gains in decreasing order; 0 for a query with no relevant item.
+
+    Args:
+        ids: ``[Q, K]`` database indices in rank order; ``-1`` marks an empty slot (gain 0).
+        query_labels: ``[Q]`` class ids or ``[Q, L]`` multi-hot.
+        db_labels: ``[N]`` or ``[N, L]``, the same kind.
+        k: rank cut (``None`` or ``k > K``: all ``K`` results).
+
+    Returns:
+        Scalar float64 tensor.
+
+    Raises:
+        ValueError: shape mismatches, ``k <= 0``, or ids outside ``[-1, N)``.
+    """
+    if ids.ndim != 2 or len(ids) != len(query_labels) or query_labels.ndim != db_labels.ndim:
+        raise ValueError(
+            f"need ids [Q, K] with Q = len(query_labels) and labels of one kind; got ids "
+            f"{tuple(ids.shape)}, query labels {tuple(query_labels.shape)}, "
+            f"db labels {tuple(db_labels.shape)}"
+        )
+    if k is not None and k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    n = len(db_labels)
+    if ids.numel() and (int(ids.min()) < -1 or int(ids.max()) >= n):
+        raise ValueError(
+            f"ids must lie in [-1, {n}) (-1 = empty slot), got [{int(ids.min())}, {int(ids.max())}]"
+        )
+    k = ids.shape[1] if k is None else min(k, ids.shape[1])
+    ids = ids[:, :k].long()
+    if query_labels.ndim == 1:
+        gains_all = (query_labels[:, None] == db_labels[None]).double()  # [Q, N]
+    else:
+        gains_all = (query_labels != 0).double() @ (db_labels != 0).double().T  # shared labels
+    gains = gains_all.gather(1, ids.clamp(min=0)) * (ids >= 0)
+    disc = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64, device=ids.device))
+    ideal = gains_all.topk(min(k, n), dim=1).values
+    idcg = (ideal * disc[: ideal.shape[1]]).sum(1)
+    dcg = (gains * disc).sum(1)
+    return torch.where(idcg > 0, dcg / idcg.clamp(min=1e-300), torch.zeros_like(dcg)).mean()
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -135,16 +135,18 @@ def _recall_at_k(ids: torch.Tensor, truth: torch.Tensor) -> float:
     return float((hits / truth.shape[1]).mean())
 
 
-def search_recall(model, released, x_query, x_db, sx, sp, sq, k, seed) -> dict:
+def search_recall(model, released, x_query, x_db, sx, sp, sq, k, seed, labels=None) -> dict:
     """recall@k of the private search against the pixel-domain k nearest neighbours.
 
     The database holds the public codes (``released(images, sp, generator)``) of ``x_db``; an authorized
     query is ``phi(y)`` with ``Sq = min(sq, sp)`` noise entries (eq. 5). Ground truth: the ``k`` nearest
     database images of each query image in pixel space (L2). Also reported: faiss IndexFlatIP on the same
-    real-valued query and public codes.
+    real-valued query and public codes. With ``labels = (query_labels, db_labels)``, also nDCG@100 of
+    both rankings with class gains (:func:`models.metrics.ranked_ndcg`).
     """
     import faiss
 
+    from models.metrics import ranked_ndcg
     from models.sca import SupportIntersectionIndex
 
     sq = min(sq, sp)
@@ -152,19 +154,25 @@ def search_recall(model, released, x_query, x_db, sx, sp, sq, k, seed) -> dict:
     q = released(x_query, sq, torch.Generator().manual_seed(seed + 12))
     xq, xd = x_query.float().flatten(1) / 255, x_db.float().flatten(1) / 255
     truth = torch.cdist(xq, xd).topk(k, dim=1, largest=False).indices
+    depth = max(k, 100) if labels is not None else k
     index = SupportIntersectionIndex(model.code_dim)
     index.add(db)
-    _, ids = index.search(q, k)
+    _, ids = index.search(q, depth)
     flat = faiss.IndexFlatIP(model.code_dim)
     flat.add(db.numpy().astype("float32"))
-    _, fids = flat.search(q.numpy().astype("float32"), k)
-    return {
+    _, fids = flat.search(q.numpy().astype("float32"), depth)
+    fids = torch.as_tensor(fids)
+    out = {
         "sq": sq,
-        "recall": round(_recall_at_k(ids, truth), 4),
-        "faiss_recall": round(_recall_at_k(torch.as_tensor(fids), truth), 4),
+        "recall": round(_recall_at_k(ids[:, :k], truth), 4),
+        "faiss_recall": round(_recall_at_k(fids[:, :k], truth), 4),
         "queries": len(x_query),
         "database": len(x_db),
     }
+    if labels is not None:
+        out["ndcg_100"] = round(float(ranked_ndcg(ids, *labels, k=100)), 4)
+        out["faiss_ndcg_100"] = round(float(ranked_ndcg(fids, *labels, k=100)), 4)
+    return out
 
 
 def tradeoff(model, data: dict, args, bar=None) -> dict:
@@ -190,6 +198,8 @@ def tradeoff(model, data: dict, args, bar=None) -> dict:
     decoys = _batched(model.encode, pool_img[data["decoy"]], sx=sx)
     shape = (int(model.hparams.code_maps), int(model.hparams.code_length))
     search_q, search_db = x["test"][: args.num_query], x["test"][args.num_query :]
+    test_labels = data["labels"][data["test"]]
+    search_labels = (test_labels[: args.num_query], test_labels[args.num_query :])
     out = {
         "mean_image_nmse": round(mean_image_nmse(xf["fit"], xf["test"]), 4),
         "decoy_pool": len(data["decoy"]),
@@ -205,7 +215,9 @@ def tradeoff(model, data: dict, args, bar=None) -> dict:
 
         return released
 
-    out["search_sp0"] = search_recall(model, released_by("paper"), search_q, search_db, sx, 0, 0, 10, seed)
+    out["search_sp0"] = search_recall(
+        model, released_by("paper"), search_q, search_db, sx, 0, 0, 10, seed, search_labels
+    )
     for mechanism in args.mechanisms:
         for sp in args.tradeoff_sp:
             t0 = time.time()
@@ -268,7 +280,7 @@ def tradeoff(model, data: dict, args, bar=None) -> dict:
             row["auc_ks"], row["auc_noise_classifier"] = round(ks["auc"], 4), round(nc["auc"], 4)
             row["auc"] = max(row["auc_ks"], row["auc_noise_classifier"])
             row["search"] = search_recall(
-                model, released_by(mechanism), search_q, search_db, sx, sp, args.sq, 10, seed
+                model, released_by(mechanism), search_q, search_db, sx, sp, args.sq, 10, seed, search_labels
             )
             row["meets_server_target"] = row["strongest_nmse"] >= SERVER_TARGET
             row["seconds"] = round(time.time() - t0, 1)
@@ -344,6 +356,13 @@ def _run_command(result: dict, out: str | None) -> str:
     return command if out is None else f"{command} --out {out}"
 
 
+def _ndcg_cell(search: dict) -> str:
+    """nDCG@100 of the private search and of faiss (class gains); empty for tables measured before it."""
+    if "ndcg_100" not in search:
+        return ""
+    return f"{search['ndcg_100']:.4f} / {search['faiss_ndcg_100']:.4f}"
+
+
 def tradeoff_markdown(result: dict) -> str:
     s = result["settings"]
     lines = [
@@ -355,15 +374,19 @@ def tradeoff_markdown(result: dict) -> str:
         f"classifier: {s['noise_entries']} entries, {s['noise_epochs']} epochs. Decoy pool: "
         f"{result['decoy_pool']} training-split codes disjoint from the attacker's images. Search: "
         f"{s['num_query']} test queries vs the other test images, recall@10 against the pixel-domain 10 "
-        f"nearest neighbours. Mean-training-image NMSE: {result['mean_image_nmse']:.4f}; server target: "
+        f"nearest neighbours; nDCG@100 with class gains. Mean-training-image NMSE: "
+        f"{result['mean_image_nmse']:.4f}; server target: "
         f"NMSE >= {SERVER_TARGET} (the paper's claim at Sp=32).",
         "",
         "| mechanism | Sp | auth NMSE | auth SSIM | strongest attack | its NMSE | its SSIM | max attack SSIM "
-        "| noise AUC (KS / classifier) | Sq | recall@10 | faiss recall@10 | meets target |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |",
+        "| noise AUC (KS / classifier) | Sq | recall@10 | faiss recall@10 | nDCG@100 (sca / faiss) "
+        "| meets target |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     r0 = result["search_sp0"]
-    lines.append(f"| none | 0 | | | | | | | | 0 | {r0['recall']:.4f} | {r0['faiss_recall']:.4f} | |")
+    lines.append(
+        f"| none | 0 | | | | | | | | 0 | {r0['recall']:.4f} | {r0['faiss_recall']:.4f} | {_ndcg_cell(r0)} | |"
+    )
     for r in result["rows"]:
         a, q = r["authorized"], r["search"]
         lines.append(
@@ -371,7 +394,7 @@ def tradeoff_markdown(result: dict) -> str:
             f"`{r['strongest_attack']}` | {r['strongest_nmse']:.4f} | {r['strongest_nmse_ssim']:.4f} | "
             f"{r['max_ssim']:.4f} (`{r['max_ssim_attack']}`) | {r['auc']:.4f} "
             f"({r['auc_ks']:.4f} / {r['auc_noise_classifier']:.4f}) "
-            f"| {q['sq']} | {q['recall']:.4f} | {q['faiss_recall']:.4f} | "
+            f"| {q['sq']} | {q['recall']:.4f} | {q['faiss_recall']:.4f} | {_ndcg_cell(q)} | "
             f"{'yes' if r['meets_server_target'] else 'no'} |"
         )
     lines += ["", "Every attack's NMSE / SSIM:", ""]

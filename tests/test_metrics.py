@@ -555,3 +555,42 @@ def test_ndcg_metric_equals_function(ties, multi_hot):
     metric.reset()
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="HammingNDCG.compute\\(\\): no query"):
         metric.compute()
+
+
+@pytest.mark.parametrize("multi_hot", [False, True])
+def test_ranked_ndcg_matches_scikit_learn_and_hamming_index_ranking(multi_hot):
+    from sklearn.metrics import ndcg_score
+
+    from models.metrics import ranked_ndcg
+
+    g = torch.Generator().manual_seed(3)
+    ql = (
+        (torch.rand(20, 4, generator=g) < 0.4).long()
+        if multi_hot
+        else torch.randint(0, 4, (20,), generator=g)
+    )
+    dl = (
+        (torch.rand(300, 4, generator=g) < 0.4).long()
+        if multi_hot
+        else torch.randint(0, 4, (300,), generator=g)
+    )
+    scores = torch.rand(20, 300, generator=g, dtype=torch.float64)  # real scores: no ties
+    ids = scores.argsort(dim=1, descending=True)
+    gains = (ql[:, None] == dl[None]).double() if not multi_hot else ql.double() @ dl.double().T
+    for k in (1, 10, 100):
+        expected = ndcg_score(gains.numpy(), scores.numpy(), k=k)
+        assert float(ranked_ndcg(ids[:, :k], ql, dl)) == pytest.approx(expected, abs=1e-9)
+    # a Hamming ranking with ties broken by database index is hamming_ndcg(ties="index")
+    qc = torch.where(torch.rand(20, 8, generator=g) < 0.5, 1, -1)
+    dc = torch.where(torch.rand(300, 8, generator=g) < 0.5, 1, -1)
+    dist = (8 - qc @ dc.T) // 2
+    order = dist.argsort(dim=1, stable=True)[:, :50]
+    ref = hamming_ndcg(qc, ql, dc, dl, k=50, ties="index")
+    assert float(ranked_ndcg(order, ql, dl)) == pytest.approx(float(ref), abs=1e-9)
+    # empty slots (-1) gain nothing; bad input is refused with the fix
+    padded = torch.cat([ids[:, :5], torch.full((20, 5), -1)], dim=1)
+    assert float(ranked_ndcg(padded, ql, dl, k=10)) < float(ranked_ndcg(ids[:, :10], ql, dl))
+    with pytest.raises(ValueError, match=r"ids must lie in \[-1, 300\)"):
+        ranked_ndcg(ids + 1, ql, dl)
+    with pytest.raises(ValueError, match="k must be positive"):
+        ranked_ndcg(ids, ql, dl, k=0)

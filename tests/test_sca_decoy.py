@@ -185,10 +185,11 @@ def test_tradeoff_table_on_tiny_inputs(tiny_sca, fashion_mnist_dir, tmp_path):
         assert set(r["attacks"]) >= {"inversion_mlp", "inversion_conv", "posterior_mean"}
         assert 0 <= r["search"]["recall"] <= 1 and r["search"]["sq"] == 2 and 0.0 <= r["auc"] <= 1.0
         assert ("pool_leaked" in r) == (r["mechanism"] == "decoy")
+        assert 0 < r["search"]["ndcg_100"] <= 1 and 0 < r["search"]["faiss_ndcg_100"] <= 1
     saved = json.loads((tmp_path / "all" / "tradeoff.json").read_text())
     assert saved["rows"] == rows and saved["settings"]["fit"] == 40
     md = (tmp_path / "all" / "tradeoff.md").read_text()
-    assert md.count("| decoy |") == 4 and "40 + 10 (early stopping)" in md
+    assert md.count("| decoy |") == 4 and "40 + 10 (early stopping)" in md and "nDCG@100" in md
     from PIL import Image
 
     image = Image.open(tmp_path / "all" / "tradeoff.png")
