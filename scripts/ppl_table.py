@@ -151,18 +151,21 @@ PRIVACY_CELLS = {"C": ("C->A", "A->C", "A->A"), "A": ("C->C", "A->C", "C->A")}
 
 
 def worst_privacy_cell(results: dict) -> dict:
-    """The highest-mAP privacy cell of the table's victims (not the surrogate) over every code length."""
-    cells = [
-        {"bits": int(bits), "model": row["model"], "trained_on": row["trained_on"], "scenario": s,
-         "map": row["map"][s]}
-        for bits, res in results["bits"].items()
-        for row in res["rows"]
-        if row["trained_on"] in PRIVACY_CELLS
-        for s in PRIVACY_CELLS[row["trained_on"]]
-    ]  # fmt: skip
+    """The highest-mAP privacy cell of the table's victims (not the surrogate) over every code length, and
+    the highest cross/clean ratio (a cell over the clean-trained C->C of the same victim and code length)."""
+    cells = []
+    for bits, res in results["bits"].items():
+        clean = {r["model"]: r["map"]["C->C"] for r in res["rows"] if r["trained_on"] == "C"}
+        for row in res["rows"]:
+            for s in PRIVACY_CELLS.get(row["trained_on"], ()):
+                ratio = row["map"][s] / clean[row["model"]] if clean.get(row["model"]) else None
+                cells.append({"bits": int(bits), "model": row["model"], "trained_on": row["trained_on"],
+                              "scenario": s, "map": row["map"][s], "ratio": ratio})  # fmt: skip
     if not cells:
         raise ValueError("the table has no victim rows (only the surrogate's)")
-    return max(cells, key=lambda c: c["map"])
+    worst = max(cells, key=lambda c: c["map"])
+    ratios = [c for c in cells if c["ratio"] is not None]
+    return {**worst, "worst_ratio": max(ratios, key=lambda c: c["ratio"]) if ratios else None}
 
 
 def table_card(folder: str, results: dict, command: str) -> None:
@@ -178,6 +181,26 @@ def table_card(folder: str, results: dict, command: str) -> None:
         )
     ordered = {**results, "bits": dict(sorted(results["bits"].items(), key=lambda kv: int(kv[0])))}
     w = worst_privacy_cell(ordered)
+    r = w["worst_ratio"]
+    headline = None
+    if (path / "attacks.json").is_file():
+        report = json.loads((path / "attacks.json").read_text())
+        headline = max((c["value"] for c in report["worst_case"] if c["metric"] == "map_ratio"), default=None)
+    ratio_text = ""
+    if r is not None:
+        ratio_text = (
+            f" Worst cross/clean mAP ratio here: **{r['ratio']:.4f}** ({r['model']}-{r['trained_on']}, "
+            f"{r['bits']} bits, {r['scenario']}, over the clean-trained C->C of the same victim and code "
+            "length)"
+        )
+        if headline is not None:
+            worse = r["ratio"] > headline
+            ratio_text += (
+                f", {'WORSE than' if worse else 'within'} the 'Privacy under attack' worst ratio "
+                f"{headline:.4f}" + ("; this table's ratio is then the card's worst case." if worse else ".")
+            )
+        else:
+            ratio_text += "."
     intro = (
         "The paper's protocol (Table 1): these weights protect the test queries and the training database; "
         "ADSH / DSDH victims at each code length are trained on the clean (C) or the protected (A) training "
@@ -185,13 +208,15 @@ def table_card(folder: str, results: dict, command: str) -> None:
         "database = training set). Privacy cells: C->A, A->C, A->A of a C-trained victim; C->C, A->C, C->A "
         "of an A-trained one (its A->A is normal use). "
         f"Worst privacy cell here: mAP **{w['map']:.4f}** ({w['model']}-{w['trained_on']}, {w['bits']} bits, "
-        f"{w['scenario']}); 'Privacy under attack' headlines the harness's attacks, which include "
+        f"{w['scenario']}).{ratio_text} 'Privacy under attack' covers the harness's attacks, which include "
         "victims this table does not."
     )
     update_card_section(
         folder, "table1", "Table 1 at every code length", intro + "\n\n" + table_markdown(ordered), command
     )
-    print(f"wrote the table into {path / 'README.md'} (worst privacy cell {w})")
+    print(
+        f"wrote the table into {path / 'README.md'} (worst privacy cell {w}, harness worst ratio {headline})"
+    )
 
 
 def write(args, results: dict, grid: torch.Tensor | None) -> dict:

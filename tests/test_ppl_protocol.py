@@ -179,6 +179,11 @@ def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, m
         for s in ppl_table.PRIVACY_CELLS[r["trained_on"]]
     )
     assert "## Table 1 at every code length" in card and f"mAP **{worst['map']:.4f}**" in card
+    ratio = worst["worst_ratio"]
+    adsh_c = next(r for r in rows if (r["model"], r["trained_on"]) == ("ADSH", "C"))
+    if ratio["model"] == "ADSH":
+        assert ratio["ratio"] == pytest.approx(ratio["map"] / adsh_c["map"]["C->C"])
+    assert f"ratio here: **{ratio['ratio']:.4f}**" in card and "'Privacy under attack' worst ratio" in card
     assert "| ADSH | A |" in card and card.index("Table 1 at every") < card.index("## Threat model")
     with pytest.raises(SystemExit, match="VICTIM:DOMAIN=PATH"):
         ppl_table.main(rerun[:-2] + ["--victim-ckpt", "adsh=x.ckpt"])
