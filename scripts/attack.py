@@ -24,6 +24,7 @@ import torch
 
 from models.attacks import ATTACKS, build_report, result, select_attacks, write_report
 from models.attacks.data import attacker_split, check_disjoint
+from models.ppl.protocol import PRIVACY_SCENARIOS
 
 #: sizes of the full run and of --quick
 SIZES = {
@@ -59,10 +60,6 @@ SIZES = {
     },
 }
 ADSH_VICTIM = "adsh-fashion-mnist-16bit"
-#: the privacy cells of a victim trained on clean (C) or protected (A) images: every scenario but the one in
-#: its own training domain, which is the use the protection keeps (paper: A->A of a protected-trained
-#: victim is "normal use"; Table 1's privacy cells are C->A, A->C, A->A for C and C->C, A->C, C->A for A)
-PRIVACY_SCENARIOS = {"C": ("C->A", "A->C", "A->A"), "A": ("C->C", "A->C", "C->A")}
 #: map_ratio is only reported for victims whose clean C->C mAP reaches this (chance is ~0.1 on 10 classes)
 MIN_MAP_CC = 0.3
 _PAPER_SERVER = ("as_is", "top_sx", "posterior_mean")

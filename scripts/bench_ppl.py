@@ -195,7 +195,7 @@ def epoch_seconds(method: str, data_dir: str) -> tuple[float, int]:
         steps_per_epoch = len(dm.train_dataloader())
         cfg_trainer = cli.trainer
         epochs = cfg_trainer.max_epochs
-        if cfg_trainer.max_steps and cfg_trainer.max_steps > 0:
+        if cfg_trainer.max_steps > 0:  # -1 = unset
             epochs = -(-cfg_trainer.max_steps // steps_per_epoch)
         trainer = L.Trainer(
             max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False,

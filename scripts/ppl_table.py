@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from models.ppl.protocol import (
+    PRIVACY_SCENARIOS,
     SCENARIOS,
     merge_tables,
     paper_row,
@@ -146,10 +147,6 @@ def log_wandb(args, results: dict, grid: torch.Tensor | None, out: Path) -> None
     run.finish()
 
 
-#: the privacy cells of Table 1 for a victim trained on clean (C) or protected (A) images
-PRIVACY_CELLS = {"C": ("C->A", "A->C", "A->A"), "A": ("C->C", "A->C", "C->A")}
-
-
 def worst_privacy_cell(results: dict) -> dict:
     """The highest-mAP privacy cell of the table's victims (not the surrogate) over every code length, and
     the highest cross/clean ratio (a cell over the clean-trained C->C of the same victim and code length)."""
@@ -157,7 +154,7 @@ def worst_privacy_cell(results: dict) -> dict:
     for bits, res in results["bits"].items():
         clean = {r["model"]: r["map"]["C->C"] for r in res["rows"] if r["trained_on"] == "C"}
         for row in res["rows"]:
-            for s in PRIVACY_CELLS.get(row["trained_on"], ()):
+            for s in PRIVACY_SCENARIOS.get(row["trained_on"], ()):
                 ratio = row["map"][s] / clean[row["model"]] if clean.get(row["model"]) else None
                 cells.append({"bits": int(bits), "model": row["model"], "trained_on": row["trained_on"],
                               "scenario": s, "map": row["map"][s], "ratio": ratio})  # fmt: skip
@@ -184,7 +181,10 @@ def table_card(folder: str, results: dict, command: str) -> None:
     r = w["worst_ratio"]
     headline = None
     if (path / "attacks.json").is_file():
+        from models.attacks import validate_report
+
         report = json.loads((path / "attacks.json").read_text())
+        validate_report(report)
         headline = max((c["value"] for c in report["worst_case"] if c["metric"] == "map_ratio"), default=None)
     ratio_text = ""
     if r is not None:

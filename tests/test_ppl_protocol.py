@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from models.ppl.protocol import (
+    PRIVACY_SCENARIOS,
     SCENARIOS,
     hash_images,
     image_quality,
@@ -173,10 +174,7 @@ def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, m
     card = (folder / "README.md").read_text()
     worst = ppl_table.worst_privacy_cell(mine)
     assert worst["map"] == max(
-        r["map"][s]
-        for r in rows
-        if r["trained_on"] != "PPL"
-        for s in ppl_table.PRIVACY_CELLS[r["trained_on"]]
+        r["map"][s] for r in rows if r["trained_on"] != "PPL" for s in PRIVACY_SCENARIOS[r["trained_on"]]
     )
     assert "## Table 1 at every code length" in card and f"mAP **{worst['map']:.4f}**" in card
     ratio = worst["worst_ratio"]

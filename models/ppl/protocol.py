@@ -32,6 +32,7 @@ from models.metrics import hamming_map, hamming_ndcg
 
 __all__ = [
     "PAPER_TABLE1",
+    "PRIVACY_SCENARIOS",
     "SCENARIOS",
     "dataset_pools",
     "hash_images",
@@ -53,6 +54,10 @@ __all__ = [
 
 #: (name, query domain, database domain); "c" clean, "a" protected
 SCENARIOS = (("C->C", "c", "c"), ("C->A", "c", "a"), ("A->C", "a", "c"), ("A->A", "a", "a"))
+#: the privacy cells of a victim trained on clean (C) or protected (A) images: every scenario but the one in
+#: its own training domain, which is the use the protection keeps (paper: A->A of a protected-trained
+#: victim is "normal use"; Table 1's privacy cells are C->A, A->C, A->A for C and C->C, A->C, C->A for A)
+PRIVACY_SCENARIOS = {"C": ("C->A", "A->C", "A->A"), "A": ("C->C", "A->C", "C->A")}
 
 #: the paper's Table 1, Fashion-MNIST, 16 bits: (victim, training domain) -> scenario -> mAP
 PAPER_TABLE1 = {

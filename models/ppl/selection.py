@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from models.attacks.retrieval import scenario_maps, train_victim
-from models.ppl.protocol import image_quality, protect_uint8
+from models.ppl.protocol import PRIVACY_SCENARIOS, image_quality, protect_uint8
 
 __all__ = [
     "PRIVACY_CELLS",
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 #: the cells a clean-trained victim should lose on released images (query -> database domain)
-PRIVACY_CELLS = ("C->A", "A->C", "A->A")
+PRIVACY_CELLS = PRIVACY_SCENARIOS["C"]
 
 
 def validation_split(datamodule, num_query: int = 1000, num_database: int = 10000, seed: int = 0) -> dict:
