@@ -30,6 +30,10 @@ Per row: the authorized user's NMSE / SSIM (purified codes), every reconstructio
 of them, the noise-distinguishability AUC (max of the KS |value| rank AUC and the learned noise
 classifier), and recall@10 of the private search (authorized queries with ``min(Sq, Sp)`` noise entries
 against the pixel-domain 10 nearest neighbours; faiss IndexFlatIP on the same codes next to it).
+
+``--tradeoff --search-only`` measures only the search columns (recall@10 and nDCG@100 with class gains, for
+both the private search and faiss) on the same split and seeds, in about a minute (``search.json``, ``.md``;
+``--card`` writes it as the card's "Private search" section).
 """
 
 from __future__ import annotations
@@ -154,24 +158,28 @@ def search_recall(model, released, x_query, x_db, sx, sp, sq, k, seed, labels=No
     q = released(x_query, sq, torch.Generator().manual_seed(seed + 12))
     xq, xd = x_query.float().flatten(1) / 255, x_db.float().flatten(1) / 255
     truth = torch.cdist(xq, xd).topk(k, dim=1, largest=False).indices
-    depth = max(k, 100) if labels is not None else k
     index = SupportIntersectionIndex(model.code_dim)
     index.add(db)
-    _, ids = index.search(q, depth)
     flat = faiss.IndexFlatIP(model.code_dim)
     flat.add(db.numpy().astype("float32"))
-    _, fids = flat.search(q.numpy().astype("float32"), depth)
-    fids = torch.as_tensor(fids)
+    q32 = q.numpy().astype("float32")
+
+    def ids(depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # one search per depth: the index's integer distances tie, and topk orders ties by depth
+        return index.search(q, depth)[1], torch.as_tensor(flat.search(q32, depth)[1])
+
+    top, ftop = ids(k)
     out = {
         "sq": sq,
-        "recall": round(_recall_at_k(ids[:, :k], truth), 4),
-        "faiss_recall": round(_recall_at_k(fids[:, :k], truth), 4),
+        "recall": round(_recall_at_k(top, truth), 4),
+        "faiss_recall": round(_recall_at_k(ftop, truth), 4),
         "queries": len(x_query),
         "database": len(x_db),
     }
     if labels is not None:
-        out["ndcg_100"] = round(float(ranked_ndcg(ids, *labels, k=100)), 4)
-        out["faiss_ndcg_100"] = round(float(ranked_ndcg(fids, *labels, k=100)), 4)
+        deep, fdeep = ids(100)
+        out["ndcg_100"] = round(float(ranked_ndcg(deep, *labels, k=100)), 4)
+        out["faiss_ndcg_100"] = round(float(ranked_ndcg(fdeep, *labels, k=100)), 4)
     return out
 
 
@@ -197,27 +205,13 @@ def tradeoff(model, data: dict, args, bar=None) -> dict:
     codes = {k: _batched(model.encode, v, sx=sx) for k, v in x.items()}
     decoys = _batched(model.encode, pool_img[data["decoy"]], sx=sx)
     shape = (int(model.hparams.code_maps), int(model.hparams.code_length))
-    search_q, search_db = x["test"][: args.num_query], x["test"][args.num_query :]
-    test_labels = data["labels"][data["test"]]
-    search_labels = (test_labels[: args.num_query], test_labels[args.num_query :])
+    search = _search_context(model, data, args, decoys)
     out = {
         "mean_image_nmse": round(mean_image_nmse(xf["fit"], xf["test"]), 4),
         "decoy_pool": len(data["decoy"]),
         "rows": [],
+        "search_sp0": search("paper", 0),
     }
-
-    def released_by(mechanism):
-        def released(images, sp, generator):
-            fn = lambda xb, sp=sp: model.ambiguate(  # noqa: E731
-                model.encode(xb, sx=sx), sp, generator, mechanism=mechanism, pool=decoys
-            )
-            return _batched(fn, images)
-
-        return released
-
-    out["search_sp0"] = search_recall(
-        model, released_by("paper"), search_q, search_db, sx, 0, 0, 10, seed, search_labels
-    )
     for mechanism in args.mechanisms:
         for sp in args.tradeoff_sp:
             t0 = time.time()
@@ -279,9 +273,7 @@ def tradeoff(model, data: dict, args, bar=None) -> dict:
             )  # fmt: skip
             row["auc_ks"], row["auc_noise_classifier"] = round(ks["auc"], 4), round(nc["auc"], 4)
             row["auc"] = max(row["auc_ks"], row["auc_noise_classifier"])
-            row["search"] = search_recall(
-                model, released_by(mechanism), search_q, search_db, sx, sp, args.sq, 10, seed, search_labels
-            )
+            row["search"] = search(mechanism, sp)
             row["meets_server_target"] = row["strongest_nmse"] >= SERVER_TARGET
             row["seconds"] = round(time.time() - t0, 1)
             out["rows"].append(row)
@@ -290,6 +282,64 @@ def tradeoff(model, data: dict, args, bar=None) -> dict:
                 bar.update(1)
     out["first_sp_meeting_target"] = first_meeting_target(out["rows"])
     return out
+
+
+def _search_context(model, data: dict, args, decoys: torch.Tensor):
+    """``search(mechanism, sp)``: :func:`search_recall` of the trade-off's split (the first
+    ``args.num_query`` test images query the other test images; ``decoys``: the decoy pool's codes)."""
+    from attack import _batched
+
+    sx, x_test = args.table_sx, data["pool"][data["test"]]
+    labels = data["labels"][data["test"]]
+    q, db, split = x_test[: args.num_query], x_test[args.num_query :], args.num_query
+
+    def search(mechanism: str, sp: int) -> dict:
+        def released(images, sp, generator):
+            fn = lambda xb: model.ambiguate(  # noqa: E731
+                model.encode(xb, sx=sx), sp, generator, mechanism=mechanism, pool=decoys
+            )
+            return _batched(fn, images)
+
+        truth_labels = (labels[:split], labels[split:])
+        return search_recall(model, released, q, db, sx, sp, args.sq, 10, args.seed, truth_labels)
+
+    return search
+
+
+def search_only(model, data: dict, args) -> dict:
+    """The trade-off table's search columns alone (recall@10, nDCG@100; no attackers), same split and seeds:
+    its recall@10 values equal the full table's."""
+    from attack import _batched
+
+    decoys = _batched(model.encode, data["pool"][data["decoy"]], sx=args.table_sx)
+    search = _search_context(model, data, args, decoys)
+    rows = [{"mechanism": "none", "sp": 0, "search": search("paper", 0)}]
+    for m in args.mechanisms:
+        rows += [{"mechanism": m, "sp": sp, "search": search(m, sp)} for sp in args.tradeoff_sp]
+    return {"decoy_pool": len(data["decoy"]), "rows": rows}
+
+
+def search_markdown(result: dict) -> str:
+    s = result["settings"]
+    lines = [
+        f"SCA private search at Sx={s['sx']} on Fashion-MNIST test, model `{result['model']}`: "
+        f"{s['num_query']} test queries (authorized, Sq = min({s['sq']}, Sp) noise entries) vs the other "
+        f"{s['test'] - s['num_query']} test images' public codes. recall@10 against the pixel-domain 10 "
+        "nearest neighbours; nDCG@100 with class gains (1 for the query's class, discount "
+        "1 / log2(rank + 1)). "
+        "faiss: IndexFlatIP on the same real-valued query and public codes. Decoy pool: "
+        f"{result['decoy_pool']} training-split codes.",
+        "",
+        "| mechanism | Sp | Sq | recall@10 | faiss recall@10 | nDCG@100 | faiss nDCG@100 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        q = r["search"]
+        lines.append(
+            f"| {r['mechanism']} | {r['sp']} | {q['sq']} | {q['recall']:.4f} | {q['faiss_recall']:.4f} | "
+            f"{q['ndcg_100']:.4f} | {q['faiss_ndcg_100']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def first_meeting_target(rows: list[dict]) -> dict:
@@ -528,7 +578,7 @@ def run_tradeoff(args, model, name: str) -> dict:
     check_disjoint(decoy_pool=data["decoy"], evaluated=data["test"], attacker_fit=data["fit"])
     check_disjoint(decoy_pool=data["decoy"], attacker_holdout=data["holdout"])
     start = time.time()
-    result = tradeoff(model, data, args)
+    result = (search_only if args.search_only else tradeoff)(model, data, args)
     result.update(
         model=name,
         seconds=round(time.time() - start, 1),
@@ -539,7 +589,27 @@ def run_tradeoff(args, model, name: str) -> dict:
             "noise_epochs": args.noise_epochs, "num_query": args.num_query, "sq": args.sq, "seed": args.seed,
         },
     )  # fmt: skip
+    if args.search_only:
+        return write_search(result, Path(args.out))
     return write_tradeoff(result, Path(args.out), not args.no_wandb)
+
+
+def write_search(result: dict, out: Path) -> dict:
+    from models.io import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "search.json", json.dumps(result, indent=2))
+    atomic_write_text(out / "search.md", search_markdown(result))
+    print(search_markdown(result))
+    return result
+
+
+def search_card(folder: str, result: dict, command: str) -> None:
+    """Writes the search-only table into a card's "Private search: recall@10 and nDCG@100" section."""
+    from models.cards import update_card_section
+
+    title = "Private search: recall@10 and nDCG@100"
+    update_card_section(folder, "search-ndcg", title, search_markdown(result), command)
 
 
 def write_tradeoff(result: dict, out: Path, use_wandb: bool) -> dict:
@@ -603,6 +673,12 @@ def main(argv: list[str] | None = None) -> dict:
     trade.add_argument("--num-query", type=int, default=1000, help="search queries (test images)")
     trade.add_argument("--sq", type=int, default=8, help="query noise entries (min(sq, sp) is used)")
     trade.add_argument(
+        "--search-only",
+        action="store_true",
+        help="only the search columns (recall@10, nDCG@100) of the trade-off rows, no attackers: "
+        "search.json / .md (and the card's 'Private search' section with --card)",
+    )
+    trade.add_argument(
         "--combine", nargs="+", default=None, help="merge these tradeoff.json runs into one table (no model)"
     )
     trade.add_argument(
@@ -634,7 +710,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.out = "runs/sca/tradeoff"
         result = run_tradeoff(args, model, name)
         if args.card:
-            tradeoff_card(args.card, result, command)
+            (search_card if args.search_only else tradeoff_card)(args.card, result, command)
         return result
     dm = FashionMNISTDataModule(
         data_dir=args.data_dir, eval_batch_size=args.batch_size, download=False, val_size=args.val_size

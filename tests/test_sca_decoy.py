@@ -177,6 +177,15 @@ def test_tradeoff_table_on_tiny_inputs(tiny_sca, fashion_mnist_dir, tmp_path):
         parts.append(str(out / "tradeoff.json"))
     combined = sca_table.main(["--combine", *parts, "--out", str(tmp_path / "all")])
     rows = combined["rows"]
+    # --search-only: the same search columns (same split and seeds) without the attackers
+    search_args = [a for a in args if a != "--tradeoff"] + ["--tradeoff", "--search-only", "--no-wandb"]
+    only = sca_table.main(search_args + ["--out", str(tmp_path / "search")])
+    assert [(r["mechanism"], r["sp"]) for r in only["rows"]] == [("none", 0)] + [
+        (r["mechanism"], r["sp"]) for r in rows
+    ]
+    assert only["rows"][0]["search"] == combined["search_sp0"]
+    assert [r["search"] for r in only["rows"][1:]] == [r["search"] for r in rows]
+    assert (tmp_path / "search" / "search.md").read_text().count("| decoy |") == 2
     assert len(rows) == 4 and set(combined["first_sp_meeting_target"]) == {"paper", "decoy"}
     auth = {r["authorized"]["nmse"] for r in rows}
     assert len(auth) == 1  # purification is exact for both mechanisms at every Sp
@@ -203,6 +212,9 @@ def test_tradeoff_table_on_tiny_inputs(tiny_sca, fashion_mnist_dir, tmp_path):
             ["--combine", *parts, "--out", str(tmp_path / "all"), "--no-wandb", "--card", str(folder)]
         )
     card = (folder / "README.md").read_text()
+    sca_table.main(search_args + ["--out", str(tmp_path / "search"), "--card", str(folder)])
+    card = (folder / "README.md").read_text()
+    assert card.count("## Private search: recall@10 and nDCG@100") == 1 and "--search-only" in card
     title = "## Ambiguation trade-off (attackers: 40 images, 1 epochs)"
     assert card.count(title) == 1 and card.count("<!-- privzoo:tradeoff-fit40-epochs1:start -->") == 1
     assert card.index(title) < card.index("## Threat model and limits")
