@@ -39,7 +39,7 @@ SIZES = {
         "num_database": 10000,
         "num_train": 5000,
         "victim_epochs": 6,
-        "metric_victim_epochs": 30,  # 12 left every loss below the ADSH gate (scripts/metric_victims.py)
+        "metric_victim_epochs": 50,  # CHEST-style passed the ADSH gate at 50, not 30 (metric_victims.py)
         "purifications": ("none", "jpeg_q90", "jpeg_q75", "jpeg_q50", "median3", "gaussian1", "bits3"),
         "a_purifications": ("none", "jpeg_q75"),
     },
@@ -315,7 +315,7 @@ def _metric_victim_rows(name, evaluate, record, pool, labels, t_idx, sizes, bits
     images, as ADSH trains on its database; ``metric_victim_epochs`` epochs), ranked by its real embedding
     and by its sign codes; a ranking is used (its rows recorded) only when its clean C->C mAP reaches
     ``adsh_cc``, the ADSH victim's on the same split."""
-    from models.attacks.metric_learning import scenario_maps_real, train_metric_victim
+    from models.attacks.metric_learning import VICTIM_SETTINGS, scenario_maps_real, train_metric_victim
     from models.attacks.retrieval import scenario_maps
 
     loss = name.replace("victim_", "")
@@ -341,7 +341,7 @@ def _metric_victim_rows(name, evaluate, record, pool, labels, t_idx, sizes, bits
             who = {
                 "victim": f"cnn {loss} ({'real embedding' if ranking == 'euclidean' else 'sign codes'})",
                 "ranking": ranking, "trained_on": "C", "purification": p, "train_images": len(t_idx),
-                "epochs": info["epochs"], "adsh_map_cc": round(adsh_cc, 4),
+                "epochs": info["epochs"], "adsh_map_cc": round(adsh_cc, 4), **VICTIM_SETTINGS.get(loss, {}),
             }  # fmt: skip
             record(name, maps, who, clean["C->C"])
 

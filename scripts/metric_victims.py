@@ -8,7 +8,8 @@ database and victim training = training images, disjoint from the queries), trai
 :class:`models.attacks.metric_learning.MetricVictim` and reports C->C mAP@all and nDCG@100 of its
 real-valued embedding (Euclidean ranking) and of its sign codes (Hamming ranking, ``models.metrics``),
 next to the shipped ADSH victim's on the same split. Defaults = how ``scripts/attack.py`` trains them
-(on the 10,000 database images, 30 epochs, no early stopping). A victim passes the gate (may be used as
+(on the 10,000 database images, 50 epochs, no early stopping; the losses' ``VICTIM_SETTINGS``).
+A victim passes the gate (may be used as
 an attacker) when its C->C mAP reaches ADSH's. Writes ``--out``/metric_victims.json and .md.
 """
 
@@ -20,7 +21,12 @@ import time
 from pathlib import Path
 
 from models.attacks.data import check_disjoint
-from models.attacks.metric_learning import METRIC_LOSSES, distance_map_ndcg, train_metric_victim
+from models.attacks.metric_learning import (
+    METRIC_LOSSES,
+    VICTIM_SETTINGS,
+    distance_map_ndcg,
+    train_metric_victim,
+)
 from models.attacks.retrieval import hash_uint8
 from models.metrics import hamming_map, hamming_ndcg
 
@@ -43,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-query", type=int, default=2000)
     parser.add_argument("--num-database", type=int, default=10000)
     parser.add_argument("--num-train", type=int, default=10000, help="<= --num-database (drawn from it)")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--patience", type=int, default=30, help="early-stopping patience (epochs)")
     parser.add_argument("--dim", type=int, default=16, help="embedding size = sign-code bits")
     parser.add_argument("--out", default="runs/metric_victims")
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
             "sign_map": sign["map"],
             "sign_ndcg_at_100": sign["ndcg_at_100"],
             "epochs": info["epochs"],
+            "settings": VICTIM_SETTINGS.get(loss, {}),
             "train_images": len(t_idx),
             "seconds": round(time.perf_counter() - start, 1),
             "passes_gate_real": real_map >= ref["map"],
@@ -109,11 +116,13 @@ def main(argv: list[str] | None = None) -> dict:
         f"Clean C->C on {len(q_idx)} queries x {len(d_idx)} database images; ADSH ({ADSH_VICTIM}) "
         f"mAP {ref['map']:.4f}, nDCG@100 {ref['ndcg_at_100']:.4f}.",
         "",
-        "| loss | real mAP | real nDCG@100 | sign mAP | sign nDCG@100 | epochs | gate (real / sign) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| loss | settings | real mAP | real nDCG@100 | sign mAP | sign nDCG@100 | epochs "
+        "| gate (real / sign) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {r['loss']} | {r['real_map']:.4f} | {r['real_ndcg_at_100']:.4f} | {r['sign_map']:.4f} | "
+        f"| {r['loss']} | {', '.join(f'{k}={v}' for k, v in r['settings'].items()) or 'defaults'} | "
+        f"{r['real_map']:.4f} | {r['real_ndcg_at_100']:.4f} | {r['sign_map']:.4f} | "
         f"{r['sign_ndcg_at_100']:.4f} | {r['epochs']} | {r['passes_gate_real']} / {r['passes_gate_sign']} |"
         for r in rows
     ]

@@ -48,6 +48,14 @@ def test_metric_victim_losses_train(loss):
 def test_unknown_loss_is_rejected():
     with pytest.raises(ValueError, match="valid"):
         MetricVictim("triplet")
+    with pytest.raises(ValueError, match="proxy_anchor_margin"):
+        MetricVictim("proxy_anchor", proxy_anchor_margin=1.5)
+
+
+def test_proxy_anchor_margin_reaches_the_loss_and_the_checkpoint():
+    assert MetricVictim("proxy_anchor").loss_fn.margin == 0.1  # Proxy-Anchor's paper setting
+    victim = MetricVictim("proxy_anchor", proxy_anchor_margin=0.5)
+    assert victim.loss_fn.margin == 0.5 and victim.hparams.proxy_anchor_margin == 0.5
 
 
 def test_hyperbolic_softtriple_learns_on_the_ball():
@@ -81,3 +89,26 @@ def test_metric_probe_on_features():
     r = metric_probe_attack(fz, fy, hz, hy, tz, ty, 3, loss="proxy_anchor", dim=4, max_epochs=3, seed=0)
     assert r["class_accuracy"] > 0.8  # chance is 1/3
     assert 0 <= r["lrp"] and r["k"] == 10
+
+
+def test_metric_victims_gate_script(fashion_mnist_dir, tmp_path):
+    """scripts/metric_victims.py trains each victim with its VICTIM_SETTINGS and compares with ADSH's."""
+    import json
+
+    import metric_victims
+
+    from models.attacks.metric_learning import VICTIM_SETTINGS
+
+    out = tmp_path / "gate"
+    args = ["--data-dir", str(fashion_mnist_dir), "--num-query", "16", "--num-database", "48"]
+    args += ["--num-train", "48", "--epochs", "1", "--out", str(out)]
+    args += ["--losses", "proxy_anchor", "softtriple"]
+    result = metric_victims.main(args)
+    assert [r["loss"] for r in result["rows"]] == ["proxy_anchor", "softtriple"]
+    pa, st = result["rows"]
+    assert pa["settings"] == VICTIM_SETTINGS["proxy_anchor"] and st["settings"] == {}
+    for r in result["rows"]:
+        assert 0 < r["real_map"] <= 1 and r["passes_gate_real"] == (r["real_map"] >= result["adsh"]["map"])
+    assert json.loads((out / "metric_victims.json").read_text()) == result
+    md = (out / "metric_victims.md").read_text()
+    assert "proxy_anchor_margin=0.5" in md and "| softtriple | defaults |" in md
