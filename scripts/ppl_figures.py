@@ -12,6 +12,8 @@
   (@A) data.
 * ``ratio`` (Fig. 5): victims trained on training sets in which a seeded share p (``--shares``) of the
   images is protected.
+* ``card FOLDER FIG.json ...``: writes measured figures of FOLDER's own generator (``--ppl-ckpt`` its zoo
+  name) into its model card, one section each.
 * ``epsilon`` (Fig. 6): a generator per budget (``--epsilons`` l_inf, ``--l2-epsilons`` l2), trained here
   or given as ``--ppl-ckpt EPS=PATH``; clean-trained victims are trained once (or ``--victim-ckpt
   VICTIM:C=PATH``) and scored against every budget; PSNR / SSIM per budget.
@@ -83,6 +85,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--ppl-ckpt", default=None, help=one)
     r.add_argument("--shares", type=float, nargs="+", default=list(DEFAULT_SHARES))
     r.add_argument("--seed", type=int, default=0, help="seed of the choice of protected training images")
+    c = sub.add_parser(
+        "card", help="write measured figures (their JSON) into the card of the generator they measured"
+    )
+    c.add_argument("folder", help="a PPL checkpoint folder, e.g. checkpoints/ppl-fashion-mnist-16bit")
+    c.add_argument("figures", nargs="+", help="<figure>.json files written by this script")
     e = sub.add_parser("epsilon", parents=[common], help="Fig. 6: effect of the perturbation budget")
     e.add_argument(
         "--ppl-ckpt",
@@ -209,8 +216,37 @@ def log_wandb(args, results: dict, picture: np.ndarray, out: Path) -> None:
     run.finish()
 
 
+def write_card(folder: str, paths: list[str]) -> list[str]:
+    """Each figure's markdown as a card section (slug ``figure-<figure>``; a re-run replaces it), with the
+    figure's own recorded command. Only figures of this folder's generator: Fig. 6 trains one per budget
+    and describes the method, not these weights.
+
+    Returns:
+        the section titles written.
+    """
+    from models.cards import update_card_section
+
+    name, titles = Path(folder).name, []
+    for path in paths:
+        results = json.loads(Path(path).read_text())
+        ckpt = (results.get("ppl") or {}).get("ckpt")
+        if ckpt != name:
+            raise SystemExit(
+                f"{path} measured the generator {ckpt!r} (Fig. 6 trains one per budget), not {name!r}: "
+                f"only figures of {folder}'s own weights go into its card (run them with --ppl-ckpt {name})"
+            )
+        title = results["title"]
+        update_card_section(
+            folder, f"figure-{results['figure']}", title, figure_markdown(results), results["command"]
+        )
+        titles.append(title)
+    return titles
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.figure == "card":
+        return {"sections": write_card(args.folder, args.figures)}
     command = " ".join(["scripts/ppl_figures.py", *(sys.argv[1:] if argv is None else argv)])
     results = {**run(args), "command": command}
     out = Path(args.out)

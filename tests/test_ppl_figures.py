@@ -121,6 +121,18 @@ def test_ratio_share_0_and_1_are_the_clean_and_protected_victims(fashion_mnist_d
             batch_size=50,
         )
         assert row["map"] == share_row["map"]
+    # `card`: only a figure of the folder's own generator goes into its card, once per figure
+    folder = tmp_path / "ppl-tiny"
+    protector.save_pretrained(folder, model_card_kwargs={"name": "ppl-tiny"})
+    with pytest.raises(SystemExit, match="only figures of"):
+        ppl_figures.main(["card", str(folder), str(out / "ratio.json")])
+    mine = tmp_path / "ratio_of_ppl_tiny.json"
+    mine.write_text(json.dumps({**results, "ppl": {**results["ppl"], "ckpt": "ppl-tiny"}}))
+    for _ in range(2):
+        assert ppl_figures.main(["card", str(folder), str(mine)])["sections"] == [results["title"]]
+    card = (folder / "README.md").read_text()
+    assert card.count(f"## {results['title']}") == 1 and "| DSDH | 0.5 | 16 | 32 |" in card
+    assert f"Measured by `{results['command']}`" in card
 
 
 def test_victim_row_train_released_must_match_the_pool(fashion_mnist_dir, tmp_path):
