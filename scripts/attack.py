@@ -39,7 +39,7 @@ SIZES = {
         "num_database": 10000,
         "num_train": 5000,
         "victim_epochs": 6,
-        "metric_victim_epochs": 50,  # CHEST-style passed the ADSH gate at 50, not 30 (metric_victims.py)
+        "metric_victim_epochs": None,  # per loss: models.attacks.metric_learning.VICTIM_EPOCHS
         "purifications": ("none", "jpeg_q90", "jpeg_q75", "jpeg_q50", "median3", "gaussian1", "bits3"),
         "a_purifications": ("none", "jpeg_q75"),
     },
@@ -312,7 +312,8 @@ _METRIC_VICTIMS = ("victim_proxy_anchor", "victim_softtriple", "victim_chest")
 
 def _metric_victim_rows(name, evaluate, record, pool, labels, t_idx, sizes, bits, seed, adsh_cc) -> None:
     """A deep-metric-learning victim trained on clean (C) images ``t_idx`` (the database's training-split
-    images, as ADSH trains on its database; ``metric_victim_epochs`` epochs), ranked by its real embedding
+    images, as ADSH trains on its database; ``metric_victim_epochs`` epochs, or the loss's own), ranked by its
+    real embedding
     and by its sign codes; a ranking is used (its rows recorded) only when its clean C->C mAP reaches
     ``adsh_cc``, the ADSH victim's on the same split."""
     from models.attacks.metric_learning import VICTIM_SETTINGS, scenario_maps_real, train_metric_victim
@@ -320,8 +321,7 @@ def _metric_victim_rows(name, evaluate, record, pool, labels, t_idx, sizes, bits
 
     loss = name.replace("victim_", "")
     victim, info = train_metric_victim(
-        loss, pool[t_idx], labels[t_idx], bits, 10, max_epochs=sizes["metric_victim_epochs"],
-        patience=sizes["metric_victim_epochs"], seed=seed,
+        loss, pool[t_idx], labels[t_idx], bits, 10, max_epochs=sizes["metric_victim_epochs"], seed=seed
     )  # fmt: skip
     victim.eval()
     for ranking, fn, scenarios in (

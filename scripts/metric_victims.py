@@ -8,7 +8,7 @@ database and victim training = training images, disjoint from the queries), trai
 :class:`models.attacks.metric_learning.MetricVictim` and reports C->C mAP@all and nDCG@100 of its
 real-valued embedding (Euclidean ranking) and of its sign codes (Hamming ranking, ``models.metrics``),
 next to the shipped ADSH victim's on the same split. Defaults = how ``scripts/attack.py`` trains them
-(on the 10,000 database images, 50 epochs, no early stopping; the losses' ``VICTIM_SETTINGS``).
+(on the 10,000 database images, each loss's ``VICTIM_EPOCHS`` and ``VICTIM_SETTINGS``, no early stopping).
 A victim passes the gate (may be used as
 an attacker) when its C->C mAP reaches ADSH's. Writes ``--out``/metric_victims.json and .md.
 """
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-query", type=int, default=2000)
     parser.add_argument("--num-database", type=int, default=10000)
     parser.add_argument("--num-train", type=int, default=10000, help="<= --num-database (drawn from it)")
-    parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--patience", type=int, default=30, help="early-stopping patience (epochs)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: per loss, VICTIM_EPOCHS")
+    parser.add_argument("--patience", type=int, default=None, help="early-stopping patience (default: none)")
     parser.add_argument("--dim", type=int, default=16, help="embedding size = sign-code bits")
     parser.add_argument("--out", default="runs/metric_victims")
     parser.add_argument("--seed", type=int, default=0)

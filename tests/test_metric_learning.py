@@ -112,3 +112,15 @@ def test_metric_victims_gate_script(fashion_mnist_dir, tmp_path):
     assert json.loads((out / "metric_victims.json").read_text()) == result
     md = (out / "metric_victims.md").read_text()
     assert "proxy_anchor_margin=0.5" in md and "| softtriple | defaults |" in md
+
+
+def test_train_metric_victim_defaults_to_the_losses_own_epochs_and_settings(monkeypatch):
+    from models.attacks import metric_learning
+
+    monkeypatch.setitem(metric_learning.VICTIM_EPOCHS, "proxy_anchor", 2)
+    x = torch.randint(0, 256, (30, 1, 28, 28), dtype=torch.uint8)
+    victim, info = metric_learning.train_metric_victim("proxy_anchor", x, torch.arange(30) % 3, 8, 3)
+    assert info["epochs"] == 2  # no early stop by default: every epoch of VICTIM_EPOCHS runs
+    assert victim.loss_fn.margin == metric_learning.VICTIM_SETTINGS["proxy_anchor"]["proxy_anchor_margin"]
+    _, info = metric_learning.train_metric_victim("proxy_anchor", x, torch.arange(30) % 3, 8, 3, max_epochs=1)
+    assert info["epochs"] == 1
