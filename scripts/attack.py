@@ -346,6 +346,18 @@ def _metric_victim_rows(name, evaluate, record, pool, labels, t_idx, sizes, bits
             record(name, maps, who, clean["C->C"])
 
 
+def merge_results(old: list[dict], new: list[dict], ran: list[str]) -> list[dict]:
+    """``--merge``: the old results, less those the run replaces, then the new ones. A row is replaced by a
+    new row of the same attack and family (so a run over some Sp keeps the other Sp); every old row of an
+    attack that ran and produced none (e.g. a metric-learning victim now below the ADSH gate) is dropped."""
+    from models.attacks.report import family_key
+
+    replaced = {(r["attack"], family_key(r)) for r in new}
+    silent = set(ran) - {r["attack"] for r in new}
+    kept = [r for r in old if (r["attack"], family_key(r)) not in replaced and r["attack"] not in silent]
+    return kept + new
+
+
 def _wandb_table(report: dict, out: Path, mode: str) -> None:
     if mode == "disabled":
         return
@@ -436,11 +448,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.merge and (folder / "attacks.json").is_file():
         import json
 
-        from models.attacks.report import family_key
-
-        new = {(r["attack"], family_key(r)) for r in results}
         old = json.loads((folder / "attacks.json").read_text())["results"]
-        results = [r for r in old if (r["attack"], family_key(r)) not in new] + results
+        results = merge_results(old, results, attacks)
     if not results:
         raise SystemExit(
             f"no attack produced results for {args.name} (a metric-learning victim below the ADSH victim's "

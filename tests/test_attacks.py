@@ -316,6 +316,20 @@ def test_attack_script_merge_keeps_other_attacks(fashion_mnist_dir, tmp_path):
         script.main(argv[:-1] + ["7", "--attacks", "ks_test"])
 
 
+def test_merge_drops_the_old_rows_of_an_attack_that_now_gives_none():
+    script = _attack_script()
+
+    def row(attack, scenario):
+        return {"attack": attack, "metric": "map", "setting": {"scenario": scenario, "attacker": {}}}
+
+    old = [row("victim_softtriple", "C->A"), row("victim_chest", "C->A"), row("victim_chest", "A->C")]
+    new = [row("victim_chest", "C->A")]
+    merged = script.merge_results(old, new, ["victim_softtriple", "victim_chest"])
+    assert merged == [row("victim_chest", "A->C"), row("victim_chest", "C->A")]
+    # an attack that did not run keeps its rows
+    assert script.merge_results(old, new, ["victim_chest"])[0] == row("victim_softtriple", "C->A")
+
+
 def test_knn_attacker_tunes_k_on_its_holdout():
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 10, (3000,), generator=g)
