@@ -9,8 +9,8 @@ database and victim training = training images, disjoint from the queries), trai
 real-valued embedding (Euclidean ranking) and of its sign codes (Hamming ranking, ``models.metrics``),
 next to the shipped ADSH victim's on the same split. Defaults = how ``scripts/attack.py`` trains them
 (on the 10,000 database images, each loss's ``VICTIM_EPOCHS`` and ``VICTIM_SETTINGS``, no early stopping).
-A victim passes the gate (may be used as
-an attacker) when its C->C mAP reaches ADSH's. Writes ``--out``/metric_victims.json and .md.
+A victim passes the gate (may be used as an attacker) when its C->C mAP reaches ADSH's. Writes
+``--out``/metric_victims.json and .md.
 """
 
 from __future__ import annotations

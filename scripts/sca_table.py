@@ -291,7 +291,8 @@ def _search_context(model, data: dict, args, decoys: torch.Tensor):
 
     sx, x_test = args.table_sx, data["pool"][data["test"]]
     labels = data["labels"][data["test"]]
-    q, db, split = x_test[: args.num_query], x_test[args.num_query :], args.num_query
+    q, db = x_test[: args.num_query], x_test[args.num_query :]
+    split_labels = (labels[: args.num_query], labels[args.num_query :])
 
     def search(mechanism: str, sp: int) -> dict:
         def released(images, sp, generator):
@@ -300,8 +301,7 @@ def _search_context(model, data: dict, args, decoys: torch.Tensor):
             )
             return _batched(fn, images)
 
-        truth_labels = (labels[:split], labels[split:])
-        return search_recall(model, released, q, db, sx, sp, args.sq, 10, args.seed, truth_labels)
+        return search_recall(model, released, q, db, sx, sp, args.sq, 10, args.seed, split_labels)
 
     return search
 
