@@ -477,6 +477,29 @@ class PrivzooHubMixin(
         return folder
 
     @classmethod
+    def read_state(
+        cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"
+    ) -> dict[str, torch.Tensor]:
+        """The tensors of an earlier run of this class, to start a new stage from (``init_from``).
+
+        ``path`` is a Hub-layout folder (a zoo checkpoint; checked like every folder, checksum included) or
+        a Lightning checkpoint, read with ``weights_only=True``: a checkpoint is data, never code to unpickle.
+
+        Raises:
+            HubLoadError: a bad folder; ``ValueError``: an unreadable checkpoint file.
+        """
+        if os.path.isdir(path):
+            return {k: v.to(map_location) for k, v in cls.from_pretrained(path).state_dict().items()}
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except (OSError, RuntimeError, EOFError) as err:
+            raise ValueError(
+                f"init_from={path} is not a readable Lightning checkpoint ({err}): point it at the earlier "
+                "run's last.ckpt or its Hub folder"
+            ) from err
+        return state.get("state_dict", state)
+
+    @classmethod
     def from_pretrained(
         cls,
         pretrained_model_name_or_path: str | Path,
@@ -531,13 +554,18 @@ class PrivzooHubMixin(
             )
         config_path, _ = check_folder(folder)
         cls._config_to_kwargs(_read_config(config_path), model_kwargs, str(config_path))
-        return super().from_pretrained(
+        model = super().from_pretrained(
             folder,
             map_location=map_location,
             strict=strict,
             allow_unchecked=allow_unchecked,
             **model_kwargs,
         )
+        # as after load_from_checkpoint, loaded weights count as initialised: fine-tuning the returned model
+        # does not re-apply the init_from stage that its config.json names (DPFE, SCA)
+        if hasattr(model, "_initialised"):
+            model._initialised = True
+        return model
 
     @classmethod
     def _from_pretrained(

@@ -14,6 +14,9 @@
   images is protected.
 * ``card FOLDER FIG.json ...``: writes measured figures of FOLDER's own generator (``--ppl-ckpt`` its zoo
   name) into its model card, one section each.
+* ``levers``: issue 15's levers for a stronger generator (``--levers``: names of
+  ``models.ppl.figures.DEFAULT_LEVERS`` or ``NAME:key=value,...``), one generator per lever, each lever alone
+  on top of the config; victims as for ``epsilon``.
 * ``epsilon`` (Fig. 6): a generator per budget (``--epsilons`` l_inf, ``--l2-epsilons`` l2), trained here
   or given as ``--ppl-ckpt EPS=PATH``; clean-trained victims are trained once (or ``--victim-ckpt
   VICTIM:C=PATH``) and scored against every budget; PSNR / SSIM per budget.
@@ -37,6 +40,7 @@ from models.ppl.figures import (
     DEFAULT_BACKBONES,
     DEFAULT_EPSILONS,
     DEFAULT_L2_EPSILONS,
+    DEFAULT_LEVERS,
     DEFAULT_SHARES,
     FigureSetup,
     check_backbones,
@@ -45,8 +49,10 @@ from models.ppl.figures import (
     epsilon_figure,
     figure_markdown,
     figure_plot,
+    levers_figure,
     load_protector,
     parse_epsilon_ckpts,
+    parse_levers,
     protector_for,
     ratio_figure,
     transfer_figure,
@@ -112,6 +118,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="VICTIM:C=PATH",
         help="a clean-trained victim to score instead of training it (protected-trained ones depend on eps)",
     )
+    v = sub.add_parser("levers", parents=[common], help="levers for a stronger generator, one at a time")
+    v.add_argument(
+        "--levers",
+        nargs="+",
+        default=list(DEFAULT_LEVERS),
+        help=f"names of {sorted(DEFAULT_LEVERS)} or NAME:key=value[,key=value...] (default: all of them)",
+    )
+    v.add_argument(
+        "--ppl-ckpt",
+        action="append",
+        default=[],
+        metavar="LEVER=PATH",
+        help="a generator already trained for that lever (e.g. paper=<Fig. 6's l_inf 0.3 generator>)",
+    )
+    v.add_argument(
+        "--victim-ckpt",
+        action="append",
+        default=[],
+        metavar="VICTIM:C=PATH",
+        help="a clean-trained victim to score instead of training it",
+    )
     return p.parse_args(argv)
 
 
@@ -174,6 +201,16 @@ def _checked(args) -> dict:
         if domain != "C":
             raise ValueError(f"--victim-ckpt {victim}:{domain}: only clean-trained (C) victims are reused")
         clean[victim] = path
+    if args.figure == "levers":
+        levers, generators = parse_levers(args.levers), {}
+        for pair in args.ppl_ckpt:
+            lever, sep, path = pair.partition("=")
+            if not sep or not path:
+                raise ValueError(f"--ppl-ckpt {pair!r}: expected LEVER=PATH, e.g. paper=runs/x/final.ckpt")
+            if lever not in levers:
+                raise ValueError(f"--ppl-ckpt {pair!r}: lever {lever!r} is not in --levers {list(levers)}")
+            generators[lever] = (load_protector(path), path)
+        return {"levers": levers, "generators": generators, "clean": clean}
     points, generators = _points(args)
     return {"points": points, "generators": generators, "clean": clean}
 
@@ -190,6 +227,8 @@ def run(args) -> dict:
         raise SystemExit(f"ppl_figures {args.figure}: {err}") from err
     if args.figure == "epsilon":
         return epsilon_figure(setup, inputs["points"], inputs["generators"], inputs["clean"])
+    if args.figure == "levers":
+        return levers_figure(setup, inputs["levers"], inputs["generators"], inputs["clean"])
     protector, ckpt = inputs["protector"] or protector_for(setup, None)
     if args.figure == "transfer":
         return transfer_figure(setup, protector, ckpt, inputs["backbones"], args.train_domains)

@@ -225,6 +225,10 @@ def test_epsilon_trains_a_generator_per_budget_and_the_clean_victim_once(fashion
         (["epsilon", "--ppl-ckpt", "0.2=ppl-fashion-mnist-16bit"], "trained with epsilon 0.3"),
         (["ratio", "--victim-arg", "cnn:trainer.max_epochs=1"], "VICTIM:key=value"),
         (["ratio", "--victim-arg", "trainer.max_epochs"], "not key=value"),
+        (["levers", "--levers", "paper", "fastest"], "define your own as NAME:key=value"),
+        (["levers", "--levers", "lr:model.init_args.lr_generator"], "expected NAME:key=value"),
+        (["levers", "--levers", "paper", "paper"], "given twice"),
+        (["levers", "--levers", "paper", "--ppl-ckpt", "ensemble_small_cnn=x.ckpt"], "is not in --levers"),
     ],
 )
 def test_bad_inputs_stop_with_a_clear_error(tmp_path, argv, message):
@@ -242,3 +246,38 @@ def test_only_clean_victims_are_reused_across_budgets(tmp_path):
     ckpt.write_bytes(b"")
     with pytest.raises(SystemExit, match="only clean-trained"):
         ppl_figures.main(["epsilon", "--victim-ckpt", f"adsh:A={ckpt}", "--out", str(tmp_path / "o")])
+
+
+def test_levers_train_one_generator_per_lever_against_one_clean_victim(fashion_mnist_dir, tmp_path):
+    import ppl_figures
+
+    from models.ppl.figures import DEFAULT_LEVERS
+
+    assert DEFAULT_LEVERS["paper"] == ()  # the paper's setting is the reference point
+    out = tmp_path / "out"
+    argv = _argv(fashion_mnist_dir, out, "levers", "--victims", "adsh")
+    argv += ["--victim-arg", "adsh:model.init_args.num_samples=24"]
+    argv += ["--levers", "paper", "lambda_warmup_100", "big_eps:model.init_args.epsilon=0.5"]
+    results = ppl_figures.main(argv)
+    assert [p["lever"] for p in results["points"]] == ["paper", "lambda_warmup_100", "big_eps"]
+    hp = [load_protector(p["ckpt"]).hparams for p in results["points"]]
+    assert [h.lambda_warmup_steps for h in hp] == [0, 100, 0]  # each lever alone
+    assert [h.epsilon for h in hp] == [0.3, 0.3, 0.5] and {h.bits for h in hp} == {8}
+    assert results["points"][2]["overrides"] == ["--model.init_args.epsilon", "0.5"]
+    assert [(r["lever"], r["trained_on"]) for r in results["rows"]] == [
+        (lever, d) for lever in ("paper", "lambda_warmup_100", "big_eps") for d in ("C", "A")
+    ]
+    clean = [r for r in results["rows"] if r["trained_on"] == "C"]
+    assert len({r["map"]["C->C"] for r in clean}) == 1  # one clean-trained victim for every lever
+    md = _check_files(out, "levers", results)
+    assert "| lever |" in md and "- lambda_warmup_100: `--model.init_args.lambda_warmup_steps 100`" in md
+
+    # a generator given for a lever is scored, not retrained
+    again = _argv(fashion_mnist_dir, tmp_path / "again", "levers", "--victims", "adsh", "--wandb", "disabled")
+    again += ["--levers", "paper", "--ppl-ckpt", f"paper={results['points'][0]['ckpt']}"]
+    again += ["--victim-arg", "adsh:model.init_args.num_samples=24"]
+    again += ["--victim-ckpt", f"adsh:C={out / 'adsh_C_8' / 'final.ckpt'}"]
+    rerun = ppl_figures.main(again)
+    assert rerun["points"][0]["quality"] == results["points"][0]["quality"]
+    assert not (tmp_path / "again" / "ppl_8_paper").exists()
+    assert [r["map"] for r in rerun["rows"]] == [r["map"] for r in results["rows"][:2]]

@@ -498,3 +498,37 @@ def test_repeated_train_sx_weighs_the_loss(tiny_sca):
         model.hparams.train_sx = [s]
         parts[s] = model.training_step({"image": x}, 0)
     torch.testing.assert_close(weighted, (parts[2] + 3 * parts[4]) / 4)
+
+
+def test_decoder_fine_tune_from_a_zoo_folder_keeps_the_codes(tiny_sca, tiny_dm, fashion_mnist_dir, tmp_path):
+    base = _trained_tiny_sca(tiny_sca)
+    base.save_pretrained(tmp_path / "base", model_card_kwargs={"name": "sca-tiny"})
+    args = dict(code_length=64, sx=8, sp=16, sq=8, train_sx=[8], ssim_weight=1.0, lr=1e-2)
+    with pytest.raises(ValueError, match="set init_from"):
+        tiny_sca(**args, trainable="decoder")
+    with pytest.raises(ValueError, match="unknown trainable"):
+        tiny_sca(**args, trainable="encoder")
+    model = tiny_sca(**args, trainable="decoder", init_from=str(tmp_path / "base"))
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    dm = tiny_dm(fashion_mnist_dir, split="standard", val_size=32)
+    quiet_trainer(max_epochs=2, limit_val_batches=0).fit(model, datamodule=dm)
+    model.eval()
+    x = torch.rand(6, 1, 28, 28)
+    state, before = model.state_dict(), base.state_dict()
+    for key in state:  # E (with its BatchNorm statistics), W, R and the ambiguation statistics as loaded
+        if not key.startswith("decoder."):
+            assert torch.equal(state[key], before[key]), key
+    assert any(not torch.equal(state[k], before[k]) for k in state if k.startswith("decoder."))
+    with torch.no_grad():
+        codes = model.encode(x)
+        torch.testing.assert_close(codes, base.encode(x), rtol=0, atol=0)
+        g = [torch.Generator().manual_seed(3) for _ in range(2)]
+        torch.testing.assert_close(model.ambiguate(codes, 16, g[0]), base.ambiguate(codes, 16, g[1]))
+    # a loaded fine-tuned model counts as initialised: fitting it again does not re-apply init_from
+    model.save_pretrained(tmp_path / "tuned", model_card_kwargs={"name": "sca-tiny-tuned"})
+    again = SCA.from_pretrained(tmp_path / "tuned")
+    assert again._initialised and again.hparams.init_from == str(tmp_path / "base")
+    # a folder of another shape is refused by name
+    other = tiny_sca(code_length=32, sx=4, trainable="decoder", init_from=str(tmp_path / "base"))
+    with pytest.raises(ValueError, match="does not match this model"):
+        quiet_trainer(max_steps=1, limit_val_batches=0).fit(other, datamodule=dm)

@@ -20,7 +20,6 @@ server side, used by the noise procedure).
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 import lightning as L
@@ -216,18 +215,6 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
         if num_identities is not None:
             self._build_privacy(num_identities)
 
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs) -> DPFE:
-        """:meth:`models.hub.PrivzooHubMixin.from_pretrained` (Hub layout: folder or ``privzoo/<name>``).
-
-        As after ``load_from_checkpoint``, the loaded weights count as initialised: fine-tuning the returned
-        model does not re-apply ``init_from`` (the previous stage's checkpoint named in ``config.json``) nor
-        the PCA initialisation of the bottleneck.
-        """
-        model = super().from_pretrained(*args, **kwargs)
-        model._initialised = True
-        return model
-
     @staticmethod
     def cut_layers(backbone: str, in_chans: int = 1) -> list[str]:
         """Valid ``cut`` names of a backbone."""
@@ -362,17 +349,7 @@ class DPFE(PrivzooHubMixin, L.LightningModule):
     def _load_previous_stage(self, path: str) -> bool:
         """Loads the previous stage's weights (a Lightning checkpoint, or a Hub-layout folder such as a zoo
         checkpoint); returns whether it held the bottleneck too."""
-        if os.path.isdir(path):  # checked like every Hub folder (strict files, checksum)
-            state = {k: v.to(self.device) for k, v in type(self).from_pretrained(path).state_dict().items()}
-        else:
-            try:  # weights only: a checkpoint is data, never code to unpickle
-                state = torch.load(path, map_location=self.device, weights_only=True)
-            except (OSError, RuntimeError, EOFError) as err:
-                raise ValueError(
-                    f"init_from={path} is not a readable Lightning checkpoint ({err}): point it at the "
-                    "previous stage's last.ckpt or its Hub folder"
-                ) from err
-            state = state.get("state_dict", state)
+        state = self.read_state(path, self.device)
         own = self.state_dict()
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]

@@ -55,9 +55,11 @@ __all__ = [
     "epsilon_figure",
     "figure_markdown",
     "figure_plot",
+    "levers_figure",
     "load_protector",
     "mixed_pool",
     "parse_epsilon_ckpts",
+    "parse_levers",
     "protector_for",
     "ratio_figure",
     "transfer_figure",
@@ -67,6 +69,16 @@ FIGURES = {
     "transfer": "Fig. 3, transferability across backbones",
     "ratio": "Fig. 5, ratio of protected images in the victims' training set",
     "epsilon": "Fig. 6, effect of the perturbation budget",
+    "levers": "levers beyond the paper, one at a time against the paper's setting",
+}
+#: issue 15's levers for a stronger generator, each ALONE on top of the config (PPL CLI overrides);
+#: ``paper`` is the config as it is. Not measured here: more generator steps per surrogate step (no option).
+DEFAULT_LEVERS = {
+    "paper": (),
+    "surrogate_lr_1e-4": ("--model.init_args.lr_surrogate", "1e-4"),  # G/F lr ratio 1 (paper: 1/10)
+    "lambda_warmup_100": ("--model.init_args.lambda_warmup_steps", "100"),
+    "ensemble_small_cnn": ("--model.init_args.extra_surrogates", "[small_cnn]"),
+    "diversity_jpeg": ("--model.init_args.input_diversity", "0.5", "--model.init_args.jpeg_prob", "0.5"),
 }
 #: CPU-friendly timm stand-ins for the paper's ResNet18 / MobileNet, plus a third family (RegNet); all
 #: build with in_chans=1 and run on 28x28 (checked by :func:`check_backbones`). timm's only WideResNets
@@ -444,6 +456,95 @@ def epsilon_figure(
     return results
 
 
+def parse_levers(specs: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Lever specs -> ``{name: PPL CLI overrides}``: a :data:`DEFAULT_LEVERS` name, or
+    ``NAME:key=value[,key=value...]`` for one of your own (``wide:model.init_args.epsilon=0.3``).
+
+    Raises:
+        ValueError: an unknown name without overrides, a malformed override, a name given twice.
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    for spec in specs:
+        name, sep, rest = spec.partition(":")
+        if not sep:
+            if name not in DEFAULT_LEVERS:
+                raise ValueError(
+                    f"lever {name!r} is not one of {sorted(DEFAULT_LEVERS)}; define your own as "
+                    "NAME:key=value[,key=value...]"
+                )
+            overrides = DEFAULT_LEVERS[name]
+        else:
+            pairs = [p for p in rest.split(",") if p]
+            if not name or not pairs or any("=" not in p for p in pairs):
+                raise ValueError(f"lever {spec!r}: expected NAME:key=value[,key=value...]")
+            overrides = tuple(x for p in pairs for x in (f"--{p.partition('=')[0]}", p.partition("=")[2]))
+        if name in out:
+            raise ValueError(f"lever {name!r} is given twice")
+        out[name] = overrides
+    return out
+
+
+def levers_figure(
+    setup: FigureSetup,
+    levers: Mapping[str, Sequence[str]],
+    generators: Mapping[str, tuple[PPL, str]] | None = None,
+    clean_ckpts: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Issue 15's levers: one generator per lever (the config plus that lever's overrides, under
+    ``out/ppl_<bits>_<lever>``), each against the same clean-trained victims (trained once) and its own
+    protected-trained ones, with PSNR / SSIM; ``generators`` gives trained ones by lever name."""
+    generators = dict(generators or {})
+    unknown = sorted(set(generators) - set(levers))
+    if unknown:
+        raise ValueError(f"generators given for levers {unknown} that are not measured ({sorted(levers)})")
+    clean = dict(clean_ckpts or {})
+    results = _header(setup, "levers", ["victim", "lever", "trained_on"])
+    results["points"] = []
+    for lever, overrides in levers.items():
+        if lever in generators:
+            protector, ckpt = generators[lever]
+        else:
+            root = setup.out / f"ppl_{setup.ppl_bits}_{lever}"
+            extra = ["--model.init_args.bits", str(setup.ppl_bits), *setup.ppl_args, *overrides]
+            protector = train_ppl(setup.config("ppl"), [*extra, *setup.data_args], root)
+            ckpt = str(root / "final.ckpt")
+        released = _released(setup, protector, lever)
+        surrogate = surrogate_row(protector, released, setup.batch_size)
+        results["points"].append(
+            {
+                "lever": lever,
+                "overrides": list(overrides),
+                **_ppl_info(protector, ckpt),
+                "quality": surrogate["quality"],
+                "surrogate_map": surrogate["map"],
+            }
+        )
+        q = surrogate["quality"]
+        print(f"[{lever}] PSNR {q['psnr']:.2f} dB, SSIM {q['ssim']:.4f}")
+        for victim in setup.victims:
+            for domain in ("C", "A"):
+                root = setup.out / (
+                    f"{victim}_C_{setup.bits}" if domain == "C" else f"{victim}_A_{setup.bits}_{lever}"
+                )
+                ckpt_in = clean.get(victim) if domain == "C" else None
+                row = victim_row(
+                    setup.config(victim),
+                    setup.victim_overrides(victim),
+                    root,
+                    domain,
+                    released["pool"],
+                    released["protected"],
+                    ckpt_in,
+                    setup.batch_size,
+                )
+                if domain == "C" and ckpt_in is None:
+                    clean[victim] = str(root / "final.ckpt")
+                print(f"[{victim}@{domain} {lever}] {row['map']}")
+                keys = {"victim": victim.upper(), "lever": lever, "trained_on": domain}
+                results["rows"].append({**_row(keys, row), "victim_ckpt": ckpt_in})
+    return results
+
+
 # ----------------------------------------------------------------------------------------------------
 # rendering
 # ----------------------------------------------------------------------------------------------------
@@ -477,11 +578,14 @@ def figure_markdown(results: dict[str, Any]) -> str:
             f"{ppl['ckpt']}; PSNR {q['psnr']:.2f} dB, SSIM {q['ssim']:.4f} (released 8-bit test images).",
             "",
         ]
-    if results["figure"] == "epsilon":
+    if "points" in results:
+        lever = results["figure"] == "levers"
         lines += _md_table(
-            ["norm", "epsilon", "PSNR (dB)", "SSIM", *(f"surrogate {n}" for n in names)],
+            [*(["lever"] if lever else []), "norm", "epsilon", "PSNR (dB)", "SSIM"]
+            + [f"surrogate {n}" for n in names],
             [
                 [
+                    *([p["lever"]] if lever else []),
                     _cell(p["norm"]),
                     f"{p['epsilon']:g}",
                     f"{p['quality']['psnr']:.2f}",
@@ -492,6 +596,13 @@ def figure_markdown(results: dict[str, Any]) -> str:
             ],
         )
         lines.append("")
+        if lever:
+            lines += [
+                "Overrides per lever (on top of the PPL config and the figure's own --ppl-arg):",
+                "",
+                *(f"- {p['lever']}: `{' '.join(p['overrides']) or 'none'}`" for p in results["points"]),
+                "",
+            ]
     for metric, label in (("map", "mAP@all"), ("ndcg_100", "nDCG@100 (tie-averaged)")):
         lines += [f"{label}:", ""]
         lines += _md_table(
@@ -528,7 +639,7 @@ def figure_plot(results: dict[str, Any]) -> np.ndarray:
     names = [n for n, _, _ in SCENARIOS]
     victims = list(dict.fromkeys(r["victim"] for r in results["rows"]))
     figure = results["figure"]
-    cols = 2 if figure == "epsilon" else 1
+    cols = 2 if figure in ("epsilon", "levers") else 1
     fig, axes = plt.subplots(
         len(victims), cols, figsize=(6.5 * cols, 3.6 * len(victims)), dpi=100, squeeze=False
     )
@@ -555,7 +666,8 @@ def figure_plot(results: dict[str, Any]) -> np.ndarray:
             ax.set_title(f"{victim} trained on clean + protected images")
         else:
             labels = [
-                f"{_cell(p['norm'])} {p['epsilon']:g}\n{p['quality']['psnr']:.1f} dB"
+                (p["lever"] if figure == "levers" else f"{_cell(p['norm'])} {p['epsilon']:g}")
+                + f"\n{p['quality']['ssim']:.2f} SSIM"
                 for p in results["points"]
             ]
             for j, domain in enumerate(("C", "A")):

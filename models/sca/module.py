@@ -35,6 +35,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MetricCollection
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
@@ -59,6 +60,7 @@ __all__ = ["MECHANISMS", "SCA", "SERVER_ATTACKS", "ssim_separable"]
 SERVER_ATTACKS = ("as_is", "top_sx", "posterior_mean")
 #: ambiguation mechanisms: the paper's noise (eq. 4) and privzoo's decoys (entries of other real codes)
 MECHANISMS = ("paper", "decoy")
+TRAINABLE = ("all", "decoder")
 
 
 def ssim_separable(x: torch.Tensor, y: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -127,6 +129,11 @@ class SCA(PrivzooHubMixin, L.LightningModule):
             see :func:`models.sca.ambiguation.decoy_ambiguate`).
         decoy_pool_size: rows of the ``decoy_pool`` buffer (0: no pool); fill it with
             :meth:`set_decoy_pool`.
+        init_from: start the fit from this earlier run's weights (a Lightning checkpoint or a Hub folder,
+            e.g. a zoo checkpoint), loaded strictly on fit start; ``None``: from scratch (the paper).
+        trainable: ``"all"`` (the paper) trains ``E`` and ``D``; ``"decoder"`` fine-tunes ``D`` alone:
+            ``E`` (its BatchNorm statistics too), ``W``, ``R`` and the ambiguation statistics stay as loaded,
+            so the codes and the public codes do not change.
 
     Raises:
         ValueError: ``sx > L``, ``sp > L - sx``, ``sq > sp``, bad sizes.
@@ -205,6 +212,8 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         seed: int = 0,
         ambiguation: str = "paper",
         decoy_pool_size: int = 0,
+        init_from: str | None = None,
+        trainable: str = "all",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -231,10 +240,19 @@ class SCA(PrivzooHubMixin, L.LightningModule):
             raise ValueError(f"unknown ambiguation {ambiguation!r}; valid: {MECHANISMS}")
         if decoy_pool_size < 0:
             raise ValueError(f"decoy_pool_size must be >= 0, got {decoy_pool_size}")
+        if trainable not in TRAINABLE:
+            raise ValueError(f"unknown trainable {trainable!r}; valid: {TRAINABLE}")
+        if trainable == "decoder" and not init_from:
+            raise ValueError(
+                "trainable='decoder' fine-tunes the decoder of a trained model: set init_from to its "
+                "checkpoint or zoo folder (a fresh encoder and transform would stay untrained)"
+            )
         self._image_hw = (int(image_size[0]), int(image_size[1]))
         maps, length = code_maps, code_length
         self.encoder = ConvEncoder(in_chans, self._image_hw, channels, maps, length, extra_convs)
         self.decoder = ConvDecoder(in_chans, self._image_hw, channels, maps, length, extra_convs)
+        if trainable == "decoder":
+            self.encoder.requires_grad_(False)
         eye = torch.eye(length).expand(maps, length, length).clone()
         self.register_buffer("transform", eye.clone())  # W per map, [maps, L, N]
         self.register_buffer("reconstruct", eye.clone())  # R per map, [maps, N, L]
@@ -248,6 +266,7 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         pool = torch.zeros(decoy_pool_size, maps, length) if decoy_pool_size else None
         self.register_buffer("decoy_pool", pool)
         self._epoch_features: list[torch.Tensor] = []
+        self._initialised = False  # init_from applied (or weights restored from a checkpoint)
         self.transform_history: list[float] = []
         # one collection per stage (torchmetrics syncs them across DDP ranks), logged as "<stage>/<name>"
         metrics = {"nmse": NMSE(), "ssim": StructuralSimilarityIndexMeasure(data_range=1.0)}
@@ -542,8 +561,11 @@ class SCA(PrivzooHubMixin, L.LightningModule):
     # ------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x = batch["image"]
-        f = self.features(x)
-        coeff = self.coefficients(f)
+        if self.hparams.trainable == "decoder":
+            self.encoder.eval()  # its BatchNorm statistics are part of the fixed codes
+        with torch.set_grad_enabled(self.hparams.trainable == "all"):
+            f = self.features(x)
+            coeff = self.coefficients(f)
         losses = []
         sparsities = list(self.hparams.train_sx or [self.sx])
         k = self.hparams.train_sx_samples
@@ -560,11 +582,31 @@ class SCA(PrivzooHubMixin, L.LightningModule):
             losses.append(mse * sparsities.count(s))
         loss = torch.stack(losses).sum() / len(sparsities)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
-        self._epoch_features.append(f.detach().float())  # the transform stage (eqs. 1, 3) runs in float32
+        if self.hparams.trainable == "all":  # a decoder fine-tune keeps E, W, R and the statistics
+            self._epoch_features.append(f.detach().float())  # the transform stage (eqs. 1, 3) runs in float32
         return loss
 
     def on_train_epoch_start(self) -> None:
         self._epoch_features = []
+
+    def on_fit_start(self) -> None:
+        if self._initialised or self.trainer.ckpt_path is not None or not self.hparams.init_from:
+            return
+        self._initialised = True
+        path = self.hparams.init_from
+        state = self.read_state(path, self.device)
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shapes = [k for k in own if k in state and state[k].shape != own[k].shape]
+        if missing or unexpected or shapes:
+            raise ValueError(
+                f"init_from={path} does not match this model (missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}, other shapes {shapes[:5]}): it must be an SCA of the same channels, "
+                "code_maps, code_length and decoy_pool_size"
+            )
+        self.load_state_dict(state)
+        rank_zero_info(f"SCA: loaded {len(state)} tensors from {path} (trainable: {self.hparams.trainable})")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # mid-epoch checkpoints (every_n_train_steps) keep the features the epoch's transform stage needs,
@@ -574,6 +616,7 @@ class SCA(PrivzooHubMixin, L.LightningModule):
             checkpoint["sca_epoch_features"] = feats.cpu()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._initialised = True  # restored weights: a later fit must not re-apply init_from
         # Lightning does not call on_train_epoch_start when it resumes mid-epoch
         feats = checkpoint.get("sca_epoch_features")
         self._epoch_features = [feats] if feats is not None else []
@@ -601,7 +644,8 @@ class SCA(PrivzooHubMixin, L.LightningModule):
             self.log("train/transform_objective", self.transform_history[-1], sync_dist=False)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        params = self.decoder.parameters() if self.hparams.trainable == "decoder" else self.parameters()
+        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     # ------------------------------------------------------------------------------------------------
     # evaluation: authorized NMSE / SSIM at sx, curious-server NMSE at sp
