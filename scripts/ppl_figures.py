@@ -12,8 +12,9 @@
   (@A) data.
 * ``ratio`` (Fig. 5): victims trained on training sets in which a seeded share p (``--shares``) of the
   images is protected.
-* ``card FOLDER FIG.json ...``: writes measured figures of FOLDER's own generator (``--ppl-ckpt`` its zoo
-  name) into its model card, one section each.
+* ``card FOLDER FIG.json ...``: writes measured figures into FOLDER's model card, one section each: Figs. 3
+  and 5 only of FOLDER's own generator (``--ppl-ckpt`` its zoo name); Fig. 6 and the levers, which train
+  their own generators, under a line saying so.
 * ``levers``: issue 15's levers for a stronger generator (``--levers``: names of
   ``models.ppl.figures.DEFAULT_LEVERS`` or ``NAME:key=value,...``), one generator per lever, each lever alone
   on top of the config; victims as for ``epsilon``.
@@ -255,10 +256,16 @@ def log_wandb(args, results: dict, picture: np.ndarray, out: Path) -> None:
     run.finish()
 
 
+#: figures that train their own generator per point (budget, lever): they measure the method, not a folder's
+#: weights, and go into a card only under that label
+METHOD_FIGURES = ("epsilon", "levers")
+
+
 def write_card(folder: str, paths: list[str]) -> list[str]:
     """Each figure's markdown as a card section (slug ``figure-<figure>``; a re-run replaces it), with the
-    figure's own recorded command. Only figures of this folder's generator: Fig. 6 trains one per budget
-    and describes the method, not these weights.
+    figure's own recorded command. Figures of one generator (Figs. 3, 5) go only into that generator's card;
+    :data:`METHOD_FIGURES` (Fig. 6, the levers) train one generator per point, so they enter a card under a
+    first line saying that their numbers describe the method at those settings, not the card's weights.
 
     Returns:
         the section titles written.
@@ -268,16 +275,21 @@ def write_card(folder: str, paths: list[str]) -> list[str]:
     name, titles = Path(folder).name, []
     for path in paths:
         results = json.loads(Path(path).read_text())
-        ckpt = (results.get("ppl") or {}).get("ckpt")
-        if ckpt != name:
-            raise SystemExit(
-                f"{path} measured the generator {ckpt!r} (Fig. 6 trains one per budget), not {name!r}: "
-                f"only figures of {folder}'s own weights go into its card (run them with --ppl-ckpt {name})"
+        text = figure_markdown(results)
+        if results["figure"] in METHOD_FIGURES:
+            text = (
+                "**Not these weights:** this figure trains its own generator per point (the settings in its "
+                f"command), so it measures the method, not `{name}`.\n\n" + text
             )
+        else:
+            ckpt = (results.get("ppl") or {}).get("ckpt")
+            if ckpt != name:
+                raise SystemExit(
+                    f"{path} measured the generator {ckpt!r}, not {name!r}: a figure of one generator goes "
+                    f"only into that generator's card (run it with --ppl-ckpt {name})"
+                )
         title = results["title"]
-        update_card_section(
-            folder, f"figure-{results['figure']}", title, figure_markdown(results), results["command"]
-        )
+        update_card_section(folder, f"figure-{results['figure']}", title, text, results["command"])
         titles.append(title)
     return titles
 

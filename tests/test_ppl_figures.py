@@ -124,7 +124,7 @@ def test_ratio_share_0_and_1_are_the_clean_and_protected_victims(fashion_mnist_d
     # `card`: only a figure of the folder's own generator goes into its card, once per figure
     folder = tmp_path / "ppl-tiny"
     protector.save_pretrained(folder, model_card_kwargs={"name": "ppl-tiny"})
-    with pytest.raises(SystemExit, match="only figures of"):
+    with pytest.raises(SystemExit, match="goes only into that generator's card"):
         ppl_figures.main(["card", str(folder), str(out / "ratio.json")])
     mine = tmp_path / "ratio_of_ppl_tiny.json"
     mine.write_text(json.dumps({**results, "ppl": {**results["ppl"], "ckpt": "ppl-tiny"}}))
@@ -271,6 +271,19 @@ def test_levers_train_one_generator_per_lever_against_one_clean_victim(fashion_m
     assert len({r["map"]["C->C"] for r in clean}) == 1  # one clean-trained victim for every lever
     md = _check_files(out, "levers", results)
     assert "| lever |" in md and "- lambda_warmup_100: `--model.init_args.lambda_warmup_steps 100`" in md
+
+    # into any PPL card, under a line saying that it measures the method, not that card's weights
+    folder = tmp_path / "ppl-tiny"
+    load_protector(results["points"][0]["ckpt"]).save_pretrained(
+        folder, model_card_kwargs={"name": "ppl-tiny"}
+    )
+    for _ in range(2):
+        assert ppl_figures.main(["card", str(folder), str(out / "levers.json")])["sections"] == [
+            results["title"]
+        ]
+    card = (folder / "README.md").read_text()
+    assert card.count(f"## {results['title']}") == 1 and "**Not these weights:**" in card
+    assert "- lambda_warmup_100:" in card
 
     # a generator given for a lever is scored, not retrained
     again = _argv(fashion_mnist_dir, tmp_path / "again", "levers", "--victims", "adsh", "--wandb", "disabled")
