@@ -131,9 +131,10 @@ class SCA(PrivzooHubMixin, L.LightningModule):
             :meth:`set_decoy_pool`.
         init_from: start the fit from this earlier run's weights (a Lightning checkpoint or a Hub folder,
             e.g. a zoo checkpoint), loaded strictly on fit start; ``None``: from scratch (the paper).
-        trainable: ``"all"`` (the paper) trains ``E`` and ``D``; ``"decoder"`` fine-tunes ``D`` alone:
-            ``E`` (its BatchNorm statistics too), ``W``, ``R`` and the ambiguation statistics stay as loaded,
-            so the codes and the public codes do not change.
+        trainable: ``"all"`` (the paper) trains ``E`` and ``D``; ``"decoder"`` fine-tunes ``D``'s weights
+            alone: ``E`` (its BatchNorm statistics too), ``W``, ``R`` and the ambiguation statistics stay as
+            loaded, so the codes and the public codes do not change; ``D``'s BatchNorm statistics stay as
+            loaded too, so ``D`` is trained exactly as it is evaluated.
 
     Raises:
         ValueError: ``sx > L``, ``sp > L - sx``, ``sq > sp``, bad sizes.
@@ -563,6 +564,9 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         x = batch["image"]
         if self.hparams.trainable == "decoder":
             self.encoder.eval()  # its BatchNorm statistics are part of the fixed codes
+            # D's too: trained as it is evaluated (batch statistics of a train_sx mix would blend the
+            # sparsities' running statistics into ones that fit none of them)
+            self.decoder.eval()
         with torch.set_grad_enabled(self.hparams.trainable == "all"):
             f = self.features(x)
             coeff = self.coefficients(f)
