@@ -13,7 +13,8 @@ This is the path to publishing checkpoints trained on a GPU machine that has the
 2. ``privzoo fit`` runs it with outputs under ``--out/<name>/`` (``--set`` adds CLI overrides, e.g. a
    device or, in tests, ``trainer.fast_dev_run=true``); the final weights go to ``final.ckpt``;
 3. prerequisites are resolved: a config whose ``ckpt_path`` or ``model.init_args.init_from`` names the
-   checkpoint folder of another entry's recorded run (DPFE's stages) gets that entry's new ``final.ckpt``
+   checkpoint folder of another entry's recorded run (DPFE's stages) or that entry's zoo folder (SCA's
+   decoder fine-tune) gets that entry's new ``final.ckpt``
    (the entries run in dependency order); any other missing prerequisite is an error that names it, and
    ``--from PATH=CKPT`` supplies it (SCA's second stage continues an earlier run: see its card's notes);
 4. ``final.ckpt`` is converted into ``--dest/<name>/`` (default: the zoo folder ``checkpoints/``), then
@@ -77,6 +78,8 @@ def plan(names: list[str], out: Path, supplied: dict[str, str], strict: bool = T
     run_dirs = {
         os.path.normpath(_run_dir(c)): n for n, c in configs.items() if _run_dir(c)
     }  # recorded checkpoint folder -> the entry that produced it
+    # an init_from may also name another entry's zoo folder (SCA's decoder fine-tune)
+    folders = {os.path.abspath(zoo.folder(n)): n for n in names}
     steps: dict[str, dict] = {}
 
     def add(name: str, trail: tuple[str, ...] = ()) -> None:
@@ -93,7 +96,9 @@ def plan(names: list[str], out: Path, supplied: dict[str, str], strict: bool = T
         ]
         missing: list[str] = []
         for key, path in _prerequisites(config).items():
-            producer = run_dirs.get(os.path.normpath(os.path.dirname(path)))
+            producer = run_dirs.get(os.path.normpath(os.path.dirname(path))) or folders.get(
+                os.path.abspath(path)
+            )
             if path in supplied:
                 resolved = supplied[path]
             elif producer is not None and producer != name:

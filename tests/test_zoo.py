@@ -360,3 +360,14 @@ def test_train_zoo_names_a_missing_prerequisite(tmp_path, capsys):
     assert "pass --from runs/sca/sca-fashion-mnist-sx16-e11.ckpt=CKPT" in capsys.readouterr().err
     assert train_zoo.main(["--dry-run", "--out", str(tmp_path)]) == 0  # every entry, placeholders shown
     assert "--from runs/dpfe/attribute/last.ckpt=CKPT" in capsys.readouterr().out
+
+
+def test_train_zoo_chains_an_init_from_that_names_another_entrys_zoo_folder(tmp_path):
+    import train_zoo
+
+    steps = train_zoo.plan(
+        ["sca-fashion-mnist-sx16-ft", "sca-fashion-mnist-sx16"], tmp_path, {}, strict=False
+    )
+    assert [s["name"] for s in steps] == ["sca-fashion-mnist-sx16", "sca-fashion-mnist-sx16-ft"]
+    init = f"--model.init_args.init_from={tmp_path / 'sca-fashion-mnist-sx16' / 'final.ckpt'}"
+    assert init in steps[1]["args"] and steps[1]["missing"] == []
