@@ -431,29 +431,45 @@ def epsilon_figure(
             {**_ppl_info(protector, ckpt), "quality": surrogate["quality"], "surrogate_map": surrogate["map"]}
         )
         print(f"[{tag}] PSNR {surrogate['quality']['psnr']:.2f} dB, SSIM {surrogate['quality']['ssim']:.4f}")
-        for victim in setup.victims:
-            for domain in ("C", "A"):
-                # a clean-trained victim is the same for every budget: trained at the first, scored after
-                root = setup.out / (
-                    f"{victim}_C_{setup.bits}" if domain == "C" else f"{victim}_A_{setup.bits}_{tag}"
-                )
-                ckpt_in = clean.get(victim) if domain == "C" else None
-                row = victim_row(
-                    setup.config(victim),
-                    setup.victim_overrides(victim),
-                    root,
-                    domain,
-                    released["pool"],
-                    released["protected"],
-                    ckpt_in,
-                    setup.batch_size,
-                )
-                if domain == "C" and ckpt_in is None:
-                    clean[victim] = str(root / "final.ckpt")
-                print(f"[{victim}@{domain} {tag}] {row['map']}")
-                keys = {"victim": victim.upper(), "norm": norm, "epsilon": epsilon, "trained_on": domain}
-                results["rows"].append({**_row(keys, row), "victim_ckpt": ckpt_in})
+        _score_point(setup, released, tag, {"norm": norm, "epsilon": epsilon}, clean, results["rows"])
     return results
+
+
+def _score_point(
+    setup: FigureSetup,
+    released: dict[str, Any],
+    tag: str,
+    keys: dict[str, Any],
+    clean: dict[str, str],
+    rows: list[dict[str, Any]],
+) -> None:
+    """One point's released pool (a budget, a lever) against every victim @C and @A, appended to ``rows``.
+
+    A clean-trained victim is the same for every point: trained at the first (its checkpoint is then put
+    in ``clean``), scored at the others; protected-trained ones are trained per point
+    (``<victim>_A_<bits>_<tag>``).
+    """
+    for victim in setup.victims:
+        for domain in ("C", "A"):
+            root = setup.out / (
+                f"{victim}_C_{setup.bits}" if domain == "C" else f"{victim}_A_{setup.bits}_{tag}"
+            )
+            ckpt_in = clean.get(victim) if domain == "C" else None
+            row = victim_row(
+                setup.config(victim),
+                setup.victim_overrides(victim),
+                root,
+                domain,
+                released["pool"],
+                released["protected"],
+                ckpt_in,
+                setup.batch_size,
+            )
+            if domain == "C" and ckpt_in is None:
+                clean[victim] = str(root / "final.ckpt")
+            print(f"[{victim}@{domain} {tag}] {row['map']}")
+            point = {"victim": victim.upper(), **keys, "trained_on": domain}
+            rows.append({**_row(point, row), "victim_ckpt": ckpt_in})
 
 
 def parse_levers(specs: Sequence[str]) -> dict[str, tuple[str, ...]]:
@@ -521,27 +537,7 @@ def levers_figure(
         )
         q = surrogate["quality"]
         print(f"[{lever}] PSNR {q['psnr']:.2f} dB, SSIM {q['ssim']:.4f}")
-        for victim in setup.victims:
-            for domain in ("C", "A"):
-                root = setup.out / (
-                    f"{victim}_C_{setup.bits}" if domain == "C" else f"{victim}_A_{setup.bits}_{lever}"
-                )
-                ckpt_in = clean.get(victim) if domain == "C" else None
-                row = victim_row(
-                    setup.config(victim),
-                    setup.victim_overrides(victim),
-                    root,
-                    domain,
-                    released["pool"],
-                    released["protected"],
-                    ckpt_in,
-                    setup.batch_size,
-                )
-                if domain == "C" and ckpt_in is None:
-                    clean[victim] = str(root / "final.ckpt")
-                print(f"[{victim}@{domain} {lever}] {row['map']}")
-                keys = {"victim": victim.upper(), "lever": lever, "trained_on": domain}
-                results["rows"].append({**_row(keys, row), "victim_ckpt": ckpt_in})
+        _score_point(setup, released, lever, {"lever": lever}, clean, results["rows"])
     return results
 
 
