@@ -24,6 +24,9 @@ Design: two kinds of parameters, fitted in alternation at the granularity of an 
 * At the end of EVERY training epoch the ambiguation statistics are refreshed from the same features:
   per-position quantile tables of ``W f``, the gap-ratio tables, the mean threshold and the ternary
   scales (see :mod:`models.sca.ambiguation`).
+* Beyond the paper, ``trainable="decoder"`` (with ``init_from``) fine-tunes the decoder's weights of a
+  trained model and nothing else: no transform stage, no refreshed statistics, BatchNorm statistics as
+  loaded, so the codes and public codes stay exactly those of the loaded model.
 
 All fitted quantities are registered buffers whose shapes follow from the init args, so they are in the
 ``state_dict`` (and in safetensors exports). Sufficient statistics are summed over DDP ranks, so all ranks
