@@ -445,10 +445,12 @@ def main(argv: list[str] | None = None) -> dict:
         if retrieval:
             results += run_retrieval_attacks(model, retrieval, args.data_dir, sizes, args.seed, bar)
     folder = Path(args.out) if args.out else zoo.folder(entry.name)
-    if args.merge and (folder / "attacks.json").is_file():
+    if (folder / "attacks.json").is_file():
         import json
 
         old = json.loads((folder / "attacks.json").read_text())["results"]
+        if not args.merge:  # rows written by other scripts (ppl_table --card's table1_*) stay
+            old = [r for r in old if r["attack"] not in ATTACKS]
         results = merge_results(old, results, attacks)
     if not results:
         raise SystemExit(

@@ -312,6 +312,11 @@ def test_attack_script_merge_keeps_other_attacks(fashion_mnist_dir, tmp_path):
         ("posterior_mean", 32),
         ("ks_test", 32),
     }
+    # without --merge the harness's rows are replaced; rows other scripts wrote (ppl_table's table1_*) stay
+    report["results"].append(dict(report["results"][0], attack="table1_adsh"))
+    (tmp_path / "attacks.json").write_text(json.dumps(report))
+    again = script.main(argv + ["--attacks", "ks_test"])
+    assert sorted(r["attack"] for r in again["results"]) == ["ks_test", "table1_adsh"]
     with pytest.raises(SystemExit, match="attack_settings"):
         script.main(argv[:-1] + ["7", "--attacks", "ks_test"])
 

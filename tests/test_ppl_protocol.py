@@ -181,7 +181,22 @@ def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, m
     adsh_c = next(r for r in rows if (r["model"], r["trained_on"]) == ("ADSH", "C"))
     if ratio["model"] == "ADSH":
         assert ratio["ratio"] == pytest.approx(ratio["map"] / adsh_c["map"]["C->C"])
-    assert f"ratio here: **{ratio['ratio']:.4f}**" in card and "'Privacy under attack' worst ratio" in card
+    assert f"ratio here: **{ratio['ratio']:.4f}**" in card and "the other attacks' worst ratio" in card
+    # ... and its privacy cells join the harness's attacks.json, whose worst case the card headlines
+    shipped = json.loads((REPO / "checkpoints" / "ppl-fashion-mnist-16bit" / "attacks.json").read_text())
+    harness = [r for r in shipped["results"] if not r["attack"].startswith("table1_")]
+    report = json.loads((folder / "attacks.json").read_text())
+    table_rows = [r for r in report["results"] if r["attack"].startswith("table1_")]
+    assert report["results"][: len(harness)] == harness
+    assert {r["attack"] for r in table_rows} == {"table1_adsh", "table1_dsdh"}
+    assert len(table_rows) == 2 * 3 * 4  # ADSH/DSDH x C/A: 3 privacy cells each, map and map_ratio
+    cell = next(r for r in table_rows if r["metric"] == "map" and r["value"] == round(worst["map"], 4))
+    assert cell["setting"]["bits"] == 12 and cell["setting"]["scenario"] == worst["scenario"]
+    worst_ratio = max(r["value"] for r in report["worst_case"] if r["metric"] == "map_ratio")
+    assert worst_ratio >= round(ratio["ratio"], 4)
+    assert "table1_" in card.split("## Privacy under attack")[1].split("## Table 1")[0]
+    ppl_table.table_card(str(folder), mine, "scripts/ppl_table.py --merge t.json")  # a rerun replaces them
+    assert json.loads((folder / "attacks.json").read_text())["results"] == report["results"]
     assert "| ADSH | A |" in card and card.index("Table 1 at every") < card.index("## Threat model")
     with pytest.raises(SystemExit, match="VICTIM:DOMAIN=PATH"):
         ppl_table.main(rerun[:-2] + ["--victim-ckpt", "adsh=x.ckpt"])

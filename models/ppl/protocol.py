@@ -34,11 +34,13 @@ __all__ = [
     "PAPER_TABLE1",
     "PRIVACY_SCENARIOS",
     "SCENARIOS",
+    "TABLE_ATTACK_PREFIX",
     "dataset_pools",
     "hash_images",
     "image_quality",
     "merge_tables",
     "paper_row",
+    "privacy_cells",
     "protect_datamodule",
     "protect_uint8",
     "released_pool",
@@ -47,6 +49,7 @@ __all__ = [
     "scenario_maps",
     "scenario_ndcgs",
     "surrogate_row",
+    "table_attack_results",
     "table_markdown",
     "train_ppl",
     "victim_row",
@@ -58,6 +61,9 @@ SCENARIOS = (("C->C", "c", "c"), ("C->A", "c", "a"), ("A->C", "a", "c"), ("A->A"
 #: its own training domain, which is the use the protection keeps (paper: A->A of a protected-trained
 #: victim is "normal use"; Table 1's privacy cells are C->A, A->C, A->A for C and C->C, A->C, C->A for A)
 PRIVACY_SCENARIOS = {"C": ("C->A", "A->C", "A->A"), "A": ("C->C", "A->C", "C->A")}
+
+#: the attack names of Table 1's victims in ``attacks.json`` (``table1_adsh``, ``table1_dsdh``)
+TABLE_ATTACK_PREFIX = "table1_"
 
 #: the paper's Table 1, Fashion-MNIST, 16 bits: (victim, training domain) -> scenario -> mAP
 PAPER_TABLE1 = {
@@ -424,6 +430,53 @@ def table_markdown(results: dict) -> str:
         lines.append("")
     lines.append("Measured mAP@all; [paper Table 1] where the paper reports the setting.")
     return "\n".join(lines) + "\n"
+
+
+def privacy_cells(results: dict) -> list[dict[str, Any]]:
+    """Every privacy cell of a table's victims (not the surrogate), over every code length: its mAP and its
+    ratio over the clean-trained C->C of the same victim and code length (``None`` without that victim)."""
+    cells = []
+    for bits, res in results["bits"].items():
+        clean = {r["model"]: r["map"]["C->C"] for r in res["rows"] if r["trained_on"] == "C"}
+        for row in res["rows"]:
+            for s in PRIVACY_SCENARIOS.get(row["trained_on"], ()):
+                ratio = row["map"][s] / clean[row["model"]] if clean.get(row["model"]) else None
+                cells.append({"bits": int(bits), "model": row["model"], "trained_on": row["trained_on"],
+                              "scenario": s, "map": row["map"][s], "ratio": ratio,
+                              "clean_trained_map_cc": clean.get(row["model"])})  # fmt: skip
+    return cells
+
+
+def table_attack_results(results: dict) -> list[dict[str, Any]]:
+    """Table 1's privacy cells as attack-harness rows (``attacks.json``; attacks ``table1_adsh`` /
+    ``table1_dsdh``), so that the card's worst case covers the paper's victims at every code length too.
+
+    Families are the harness's (``scenario``, ``bits``); the victim, its training domain and config are the
+    attacker's choices. ``map_ratio`` is over the clean-trained C->C of the same victim and code length.
+    """
+    from models.attacks.report import result
+
+    rows = []
+    for c in privacy_cells(results):
+        attack = f"{TABLE_ATTACK_PREFIX}{c['model'].lower()}"
+        threat = (
+            f"a {c['model']} victim (the paper's Table 1 protocol) trained on "
+            f"{'clean' if c['trained_on'] == 'C' else 'released (protected)'} training images, querying and "
+            "indexing clean or released images"
+        )
+        attacker = {
+            "victim": f"{c['model']} (configs/{c['model'].lower()}/{results['dataset']}.yaml)",
+            "trained_on": c["trained_on"],
+            "purification": "none",
+            "clean_trained_map_cc": round(c["clean_trained_map_cc"] or 0.0, 4) or None,
+            "query": "test set",
+            "database": "training set",
+        }
+        setting = {"scenario": c["scenario"], "bits": c["bits"], "attacker": attacker}
+        rows.append(result(attack, threat, "map", c["map"], setting))
+        if c["ratio"] is not None:
+            rows.append(result(attack, threat, "map_ratio", c["ratio"], setting))
+    return rows
 
 
 def merge_tables(parts: Sequence[dict], sources: Sequence[str]) -> dict:
