@@ -3,19 +3,10 @@
 import lightning as L
 import pytest
 import torch
+from _ddp import ddp_spawn_kwargs
 
 from datamodules import FashionMNISTDataModule
 from models.classifier import ImageClassifier
-
-
-class _LeaveGroupTogether(L.Callback):
-    """Ranks leave the gloo group together: rank 0 hosts the TCPStore, and a rank still talking to it when
-    rank 0 exits aborts (SIGABRT). Lightning destroys the process group at exit only for nccl."""
-
-    def teardown(self, trainer, pl_module, stage):
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
 
 
 def test_ddp_spawn_two_cpu_processes_trains_and_syncs_metrics(fashion_mnist_dir):
@@ -24,12 +15,11 @@ def test_ddp_spawn_two_cpu_processes_trains_and_syncs_metrics(fashion_mnist_dir)
     model = ImageClassifier(num_classes=10, in_chans=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     common = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    spawn = dict(strategy="ddp_spawn", devices=2, callbacks=[_LeaveGroupTogether()])
-    ddp = L.Trainer(max_epochs=1, enable_checkpointing=False, **spawn, **common)
+    ddp = L.Trainer(max_epochs=1, enable_checkpointing=False, **ddp_spawn_kwargs(), **common)
     ddp.fit(model, datamodule=dm)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items()), "weights did not train"
 
     # the 64 test images split over 2 ranks: the synced accuracy must equal the single-process one
-    ddp_acc = L.Trainer(**spawn, **common).test(model, datamodule=dm)[0]["test/acc"]
+    ddp_acc = L.Trainer(**ddp_spawn_kwargs(), **common).test(model, datamodule=dm)[0]["test/acc"]
     one_acc = L.Trainer(devices=1, **common).test(model, datamodule=dm)[0]["test/acc"]
     assert ddp_acc == pytest.approx(one_acc, abs=1e-6)

@@ -8,6 +8,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from _ddp import ddp_spawn_kwargs
 from conftest import REPO_ROOT
 from fixtures import quiet_trainer
 from torch import nn
@@ -555,12 +556,7 @@ def test_ddp_pca_init_and_synced_privacy_match_one_process(fashion_mnist_dir):
     # lr 0: after fit the weights are exactly the PCA initialisation; validation runs on them
     model = DPFE(stage="simple", lr=0.0, pca_samples=64)
     ddp = L.Trainer(
-        strategy="ddp_spawn",
-        devices=2,
-        max_epochs=1,
-        limit_train_batches=1,
-        enable_checkpointing=False,
-        **common,
+        max_epochs=1, limit_train_batches=1, enable_checkpointing=False, **ddp_spawn_kwargs(), **common
     )
     ddp.fit(model, datamodule=dm())
     # every rank computed the PCA from the same seeded images: equal to the single-process PCA
