@@ -532,3 +532,53 @@ def test_decoder_fine_tune_from_a_zoo_folder_keeps_the_codes(tiny_sca, tiny_dm, 
     other = tiny_sca(code_length=32, sx=4, trainable="decoder", init_from=str(tmp_path / "base"))
     with pytest.raises(ValueError, match="does not match this model"):
         quiet_trainer(max_steps=1, limit_val_batches=0).fit(other, datamodule=dm)
+
+
+def test_adversary_gradient_is_reversed_into_the_encoder(tiny_sca, monkeypatch):
+    import models.sca.module as sca_module
+
+    with pytest.raises(ValueError, match="adversary_weight must be >= 0"):
+        tiny_sca(adversary_weight=-1.0)
+    with pytest.raises(ValueError, match="needs trainable='all'"):
+        tiny_sca(adversary_weight=1.0, trainable="decoder", init_from="x")
+    with pytest.raises(ValueError, match="Sp=40"):
+        tiny_sca(adversary_weight=1.0, adversary_sp=40)
+    assert not any(k.startswith("adversary.") for k in tiny_sca().state_dict())  # the paper: no adversary
+
+    model = tiny_sca(adversary_weight=0.5, adversary_sp=8, adversary_hidden=16).train()
+    model.refit(model.encoder(torch.rand(64, 1, 28, 28)))
+    x = torch.rand(8, 1, 28, 28)
+
+    def grads(reverse):
+        monkeypatch.setattr(sca_module, "grad_reverse", reverse)
+        model.zero_grad()
+        torch.manual_seed(1)  # the same ambiguation noise in both passes
+        model._adversary_loss(model.coefficients(model.features(x)), x).backward()
+        enc = torch.cat([p.grad.flatten() for p in model.encoder.parameters()])
+        return enc, torch.cat([p.grad.flatten() for p in model.adversary.parameters()])
+
+    enc_rev, adv_rev = grads(sca_module.grad_reverse)
+    enc, adv = grads(lambda t, lambda_: t)
+    assert enc.abs().sum() > 0
+    torch.testing.assert_close(enc_rev, -0.5 * enc)  # the encoder ascends the inverter's error
+    torch.testing.assert_close(adv_rev, adv)  # the inverter descends it
+
+
+def test_adversarial_fine_tune_from_a_model_without_adversary(tiny_sca, tiny_dm, fashion_mnist_dir, tmp_path):
+    base = _trained_tiny_sca(tiny_sca)
+    base.save_pretrained(tmp_path / "base", model_card_kwargs={"name": "sca-tiny"})
+    args = dict(code_length=64, sx=8, sp=16, sq=8, train_sx=[8], transform_epochs=0)
+    model = tiny_sca(**args, adversary_weight=0.5, adversary_sp=16, init_from=str(tmp_path / "base"))
+    dm = tiny_dm(fashion_mnist_dir, split="standard", val_size=32)
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    assert "train/adversary_mse" in trainer.callback_metrics
+    state, before = model.state_dict(), base.state_dict()
+    assert torch.equal(state["transform"], before["transform"])  # W as loaded (transform_epochs=0)
+    assert not torch.equal(state["encoder.conv.0.weight"], before["encoder.conv.0.weight"])
+    # and back: a decoder fine-tune of the adversarial model drops its inverter
+    model.save_pretrained(tmp_path / "adv", model_card_kwargs={"name": "sca-tiny-adv"})
+    assert SCA.from_pretrained(tmp_path / "adv").adversary is not None
+    plain = tiny_sca(**args, trainable="decoder", init_from=str(tmp_path / "adv"))
+    quiet_trainer(max_steps=1, limit_val_batches=0).fit(plain, datamodule=dm)
+    assert plain.adversary is None

@@ -39,9 +39,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
+from models.grl import grad_reverse
 from models.hub import PrivzooHubMixin
 from models.precision import float32
 from models.sca.ambiguation import (
@@ -138,6 +140,11 @@ class SCA(PrivzooHubMixin, L.LightningModule):
             alone: ``E`` (its BatchNorm statistics too), ``W``, ``R`` and the ambiguation statistics stay as
             loaded, so the codes and the public codes do not change; ``D``'s BatchNorm statistics stay as
             loaded too, so ``D`` is trained exactly as it is evaluated.
+        adversary_weight: ``lambda`` of an adversarial inverter (0 = the paper: none). An MLP learns
+            public codes (Sp = ``adversary_sp``) -> image; through the gradient reversal layer the encoder
+            is pushed to raise its error while the authorized loss keeps ``D``'s low. Beyond the paper.
+        adversary_sp: ambiguation ``Sp`` per map of the adversary's public codes.
+        adversary_hidden: width of the adversary's two hidden layers (the harness's ``inversion_mlp``).
 
     Raises:
         ValueError: ``sx > L``, ``sp > L - sx``, ``sq > sp``, bad sizes.
@@ -218,6 +225,9 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         decoy_pool_size: int = 0,
         init_from: str | None = None,
         trainable: str = "all",
+        adversary_weight: float = 0.0,
+        adversary_sp: int = 32,
+        adversary_hidden: int = 512,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -251,12 +261,32 @@ class SCA(PrivzooHubMixin, L.LightningModule):
                 "trainable='decoder' fine-tunes the decoder of a trained model: set init_from to its "
                 "checkpoint or zoo folder (a fresh encoder and transform would stay untrained)"
             )
+        if adversary_weight < 0:
+            raise ValueError(f"adversary_weight must be >= 0 (0: no adversary), got {adversary_weight}")
+        if adversary_weight and trainable != "all":
+            raise ValueError(
+                "adversary_weight > 0 pushes the encoder against an inverter: it needs trainable='all' "
+                "(a decoder fine-tune keeps the codes fixed)"
+            )
+        if adversary_weight:
+            self._check_sp(adversary_sp, sx)
         self._image_hw = (int(image_size[0]), int(image_size[1]))
         maps, length = code_maps, code_length
         self.encoder = ConvEncoder(in_chans, self._image_hw, channels, maps, length, extra_convs)
         self.decoder = ConvDecoder(in_chans, self._image_hw, channels, maps, length, extra_convs)
         if trainable == "decoder":
             self.encoder.requires_grad_(False)
+        # the adversarial inverter (no module, no state-dict key, at the paper's adversary_weight = 0)
+        self.adversary = None
+        if adversary_weight:
+            pixels = in_chans * self._image_hw[0] * self._image_hw[1]
+            self.adversary = nn.Sequential(
+                nn.Linear(maps * length, adversary_hidden),
+                nn.ReLU(),
+                nn.Linear(adversary_hidden, adversary_hidden),
+                nn.ReLU(),
+                nn.Linear(adversary_hidden, pixels),
+            )
         eye = torch.eye(length).expand(maps, length, length).clone()
         self.register_buffer("transform", eye.clone())  # W per map, [maps, L, N]
         self.register_buffer("reconstruct", eye.clone())  # R per map, [maps, N, L]
@@ -588,10 +618,27 @@ class SCA(PrivzooHubMixin, L.LightningModule):
                     mse = mse + self.hparams.ssim_weight * (1 - ssim_separable(x_hat, x))
             losses.append(mse * sparsities.count(s))
         loss = torch.stack(losses).sum() / len(sparsities)
+        if self.adversary is not None:
+            loss = loss + self._adversary_loss(coeff, x)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         if self.hparams.trainable == "all":  # a decoder fine-tune keeps E, W, R and the statistics
             self._epoch_features.append(f.detach().float())  # the transform stage (eqs. 1, 3) runs in float32
         return loss
+
+    def _adversary_loss(self, coeff: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Min-max of the adversarial inverter (GRL, as PPL's eq. 13): it minimises its MSE from public codes
+        to images, the encoder receives ``-adversary_weight`` times that gradient."""
+        hp = self.hparams
+        with float32():
+            codes = sparsify(coeff.float(), self.sx)
+            public = ambiguate_codes(
+                codes, hp.adversary_sp, self.quantiles, self.ratios, None, bool(hp.ternary), self.threshold
+            ).flatten(1)
+            public = public / public.detach().std().clamp(min=1e-6)  # standardised, as the harness's attacker
+            x_adv = torch.sigmoid(self.adversary(grad_reverse(public, hp.adversary_weight)))
+            mse = F.mse_loss(x_adv.view_as(x), x.float())
+        self.log("train/adversary_mse", mse.detach(), batch_size=x.shape[0])
+        return mse
 
     def on_train_epoch_start(self) -> None:
         self._epoch_features = []
@@ -603,7 +650,9 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         path = self.hparams.init_from
         state = self.read_state(path, self.device)
         own = self.state_dict()
-        missing = sorted(set(own) - set(state))
+        # the adversarial inverter is a training device: a fine-tune may add a fresh one or drop it
+        state = {k: v for k, v in state.items() if k in own or not k.startswith("adversary.")}
+        missing = sorted(k for k in set(own) - set(state) if not k.startswith("adversary."))
         unexpected = sorted(set(state) - set(own))
         shapes = [k for k in own if k in state and state[k].shape != own[k].shape]
         if missing or unexpected or shapes:
@@ -612,7 +661,7 @@ class SCA(PrivzooHubMixin, L.LightningModule):
                 f"{unexpected[:5]}, other shapes {shapes[:5]}): it must be an SCA of the same channels, "
                 "code_maps, code_length and decoy_pool_size"
             )
-        self.load_state_dict(state)
+        self.load_state_dict(state, strict=not any(k.startswith("adversary.") for k in own))
         rank_zero_info(f"SCA: loaded {len(state)} tensors from {path} (trainable: {self.hparams.trainable})")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
