@@ -458,14 +458,16 @@ def table_attack_results(results: dict) -> list[dict[str, Any]]:
 
     rows = []
     for c in privacy_cells(results):
-        attack = f"{TABLE_ATTACK_PREFIX}{c['model'].lower()}"
+        name = c["model"]
+        attack = f"{TABLE_ATTACK_PREFIX}{name.lower()}"
         threat = (
             f"a {c['model']} victim (the paper's Table 1 protocol) trained on "
             f"{'clean' if c['trained_on'] == 'C' else 'released (protected)'} training images, querying and "
             "indexing clean or released images"
         )
         attacker = {
-            "victim": f"{c['model']} (configs/{c['model'].lower()}/{results['dataset']}.yaml)",
+            # the run's --victim-arg overrides (in its command) apply on top of the config
+            "victim": f"{name} (configs/{name.lower()}/{results['dataset']}.yaml + run overrides)",
             "trained_on": c["trained_on"],
             "purification": "none",
             "clean_trained_map_cc": round(c["clean_trained_map_cc"] or 0.0, 4) or None,
