@@ -582,3 +582,27 @@ def test_adversarial_fine_tune_from_a_model_without_adversary(tiny_sca, tiny_dm,
     plain = tiny_sca(**args, trainable="decoder", init_from=str(tmp_path / "adv"))
     quiet_trainer(max_steps=1, limit_val_batches=0).fit(plain, datamodule=dm)
     assert plain.adversary is None
+
+
+def test_coefficient_correlation_penalty(tiny_sca):
+    from models.sca.module import coefficient_correlation
+
+    torch.manual_seed(0)
+    a = torch.randn(4096, 2, 8)
+    assert float(coefficient_correlation(a)) < 1e-3  # independent coefficients: ~ 1 / B
+    b = a.clone()
+    b[..., 1] = -b[..., 0]  # one fully correlated pair in each map: 2 of the 56 off-diagonal entries
+    assert float(coefficient_correlation(b)) == pytest.approx(2 / 56, abs=2e-3)
+    with pytest.raises(ValueError, match="decorrelation_weight must be >= 0"):
+        tiny_sca(decorrelation_weight=-1.0)
+    with pytest.raises(ValueError, match="needs trainable='all'"):
+        tiny_sca(decorrelation_weight=1.0, trainable="decoder", init_from="x")
+    x = torch.rand(8, 1, 28, 28)
+    torch.manual_seed(1)
+    plain = tiny_sca().train()
+    torch.manual_seed(1)
+    penalised = tiny_sca(decorrelation_weight=2.0).train()
+    corr = coefficient_correlation(plain.coefficients(plain.features(x)))
+    torch.testing.assert_close(
+        penalised.training_step({"image": x}, 0), plain.training_step({"image": x}, 0) + 2.0 * corr
+    )

@@ -60,7 +60,7 @@ from models.sca.metrics import NMSE
 from models.sca.networks import ConvDecoder, ConvEncoder
 from models.sca.transform import closed_form_decoder, fit_transform, sparsify
 
-__all__ = ["MECHANISMS", "SCA", "SERVER_ATTACKS", "ssim_separable"]
+__all__ = ["MECHANISMS", "SCA", "SERVER_ATTACKS", "coefficient_correlation", "ssim_separable"]
 
 SERVER_ATTACKS = ("as_is", "top_sx", "posterior_mean")
 #: ambiguation mechanisms: the paper's noise (eq. 4) and privzoo's decoys (entries of other real codes)
@@ -94,6 +94,18 @@ def ssim_separable(x: torch.Tensor, y: torch.Tensor, size: int = 11, sigma: floa
     c1, c2 = 0.01**2, 0.03**2
     ssim = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
     return ssim.mean()
+
+
+def coefficient_correlation(coeff: torch.Tensor) -> torch.Tensor:
+    """Mean squared off-diagonal correlation of the ``L`` coefficients ``[B, maps, L]`` over the batch (no
+    equation of the paper: privzoo's decorrelation option)."""
+    with float32():
+        z = coeff.float() - coeff.float().mean(0)
+        z = z / z.pow(2).mean(0).sqrt().clamp(min=1e-6)
+        corr = torch.einsum("bml,bmk->mlk", z, z) / z.shape[0]  # [maps, L, L]
+        off = corr - torch.diag_embed(torch.diagonal(corr, dim1=-2, dim2=-1))
+        length = coeff.shape[-1]
+        return off.pow(2).sum((-2, -1)).mean() / (length * (length - 1))
 
 
 class SCA(PrivzooHubMixin, L.LightningModule):
@@ -145,6 +157,9 @@ class SCA(PrivzooHubMixin, L.LightningModule):
             is pushed to raise its error while the authorized loss keeps ``D``'s low. Beyond the paper.
         adversary_sp: ambiguation ``Sp`` per map of the adversary's public codes.
         adversary_hidden: width of the adversary's two hidden layers (the harness's ``inversion_mlp``).
+        decorrelation_weight: weight of a penalty on the correlations between the transform coefficients
+            ``W f`` of a batch (mean squared off-diagonal correlation per map), so that informative entries
+            predict each other less (0 = the paper). Beyond the paper.
 
     Raises:
         ValueError: ``sx > L``, ``sp > L - sx``, ``sq > sp``, bad sizes.
@@ -228,6 +243,7 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         adversary_weight: float = 0.0,
         adversary_sp: int = 32,
         adversary_hidden: int = 512,
+        decorrelation_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -270,6 +286,10 @@ class SCA(PrivzooHubMixin, L.LightningModule):
             )
         if adversary_weight:
             self._check_sp(adversary_sp, sx)
+        if decorrelation_weight < 0:
+            raise ValueError(f"decorrelation_weight must be >= 0 (0: the paper), got {decorrelation_weight}")
+        if decorrelation_weight and trainable != "all":
+            raise ValueError("decorrelation_weight > 0 trains the encoder: it needs trainable='all'")
         self._image_hw = (int(image_size[0]), int(image_size[1]))
         maps, length = code_maps, code_length
         self.encoder = ConvEncoder(in_chans, self._image_hw, channels, maps, length, extra_convs)
@@ -620,6 +640,10 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         loss = torch.stack(losses).sum() / len(sparsities)
         if self.adversary is not None:
             loss = loss + self._adversary_loss(coeff, x)
+        if self.hparams.decorrelation_weight:
+            corr = coefficient_correlation(coeff)
+            self.log("train/coefficient_correlation", corr.detach(), batch_size=x.shape[0])
+            loss = loss + self.hparams.decorrelation_weight * corr
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         if self.hparams.trainable == "all":  # a decoder fine-tune keeps E, W, R and the statistics
             self._epoch_features.append(f.detach().float())  # the transform stage (eqs. 1, 3) runs in float32
