@@ -17,9 +17,20 @@ from torch import nn
 from models.attacks.metrics import nmse, ssim
 from models.attacks.training import fit, predict
 
-__all__ = ["ARCHS", "InversionNet", "learned_inversion", "mean_image_nmse"]
+__all__ = ["ARCHS", "InversionNet", "learned_inversion", "mean_image_nmse", "mlp_inverter"]
 
 ARCHS = ("mlp", "conv")
+
+
+def mlp_inverter(in_dim: int, out_dim: int, hidden: int = 512) -> nn.Sequential:
+    """The MLP of ``inversion_mlp``: ``in_dim`` -> two ReLU layers of ``hidden`` -> ``out_dim`` logits."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, out_dim),
+    )
 
 
 class InversionNet(L.LightningModule):
@@ -48,13 +59,7 @@ class InversionNet(L.LightningModule):
         self.save_hyperparameters()
         c, h, w = image_shape
         if arch == "mlp":
-            self.net = nn.Sequential(
-                nn.Linear(in_dim, hidden),
-                nn.ReLU(),
-                nn.Linear(hidden, hidden),
-                nn.ReLU(),
-                nn.Linear(hidden, c * h * w),
-            )
+            self.net = mlp_inverter(in_dim, c * h * w, hidden)
         else:
             if h % 4 or w % 4:
                 raise ValueError(f"the conv decoder needs H, W divisible by 4, got {image_shape}")

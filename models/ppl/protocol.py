@@ -461,7 +461,7 @@ def table_attack_results(results: dict) -> list[dict[str, Any]]:
         name = c["model"]
         attack = f"{TABLE_ATTACK_PREFIX}{name.lower()}"
         threat = (
-            f"a {c['model']} victim (the paper's Table 1 protocol) trained on "
+            f"a {name} victim (the paper's Table 1 protocol) trained on "
             f"{'clean' if c['trained_on'] == 'C' else 'released (protected)'} training images, querying and "
             "indexing clean or released images"
         )

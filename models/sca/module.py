@@ -39,10 +39,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
-from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
+from models.attacks.inversion import mlp_inverter
 from models.grl import grad_reverse
 from models.hub import PrivzooHubMixin
 from models.precision import float32
@@ -100,7 +100,8 @@ def coefficient_correlation(coeff: torch.Tensor) -> torch.Tensor:
     """Mean squared off-diagonal correlation of the ``L`` coefficients ``[B, maps, L]`` over the batch (no
     equation of the paper: privzoo's decorrelation option)."""
     with float32():
-        z = coeff.float() - coeff.float().mean(0)
+        z = coeff.float()
+        z = z - z.mean(0)
         z = z / z.pow(2).mean(0).sqrt().clamp(min=1e-6)
         corr = torch.einsum("bml,bmk->mlk", z, z) / z.shape[0]  # [maps, L, L]
         off = corr - torch.diag_embed(torch.diagonal(corr, dim1=-2, dim2=-1))
@@ -277,19 +278,19 @@ class SCA(PrivzooHubMixin, L.LightningModule):
                 "trainable='decoder' fine-tunes the decoder of a trained model: set init_from to its "
                 "checkpoint or zoo folder (a fresh encoder and transform would stay untrained)"
             )
-        if adversary_weight < 0:
-            raise ValueError(f"adversary_weight must be >= 0 (0: no adversary), got {adversary_weight}")
-        if adversary_weight and trainable != "all":
-            raise ValueError(
-                "adversary_weight > 0 pushes the encoder against an inverter: it needs trainable='all' "
-                "(a decoder fine-tune keeps the codes fixed)"
-            )
+        for name, weight in (
+            ("adversary_weight", adversary_weight),
+            ("decorrelation_weight", decorrelation_weight),
+        ):
+            if weight < 0:
+                raise ValueError(f"{name} must be >= 0 (0: the paper, off), got {weight}")
+            if weight and trainable != "all":
+                raise ValueError(
+                    f"{name} > 0 trains the encoder: it needs trainable='all' (a decoder fine-tune keeps the "
+                    "codes fixed)"
+                )
         if adversary_weight:
             self._check_sp(adversary_sp, sx)
-        if decorrelation_weight < 0:
-            raise ValueError(f"decorrelation_weight must be >= 0 (0: the paper), got {decorrelation_weight}")
-        if decorrelation_weight and trainable != "all":
-            raise ValueError("decorrelation_weight > 0 trains the encoder: it needs trainable='all'")
         self._image_hw = (int(image_size[0]), int(image_size[1]))
         maps, length = code_maps, code_length
         self.encoder = ConvEncoder(in_chans, self._image_hw, channels, maps, length, extra_convs)
@@ -300,13 +301,7 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         self.adversary = None
         if adversary_weight:
             pixels = in_chans * self._image_hw[0] * self._image_hw[1]
-            self.adversary = nn.Sequential(
-                nn.Linear(maps * length, adversary_hidden),
-                nn.ReLU(),
-                nn.Linear(adversary_hidden, adversary_hidden),
-                nn.ReLU(),
-                nn.Linear(adversary_hidden, pixels),
-            )
+            self.adversary = mlp_inverter(maps * length, pixels, adversary_hidden)
         eye = torch.eye(length).expand(maps, length, length).clone()
         self.register_buffer("transform", eye.clone())  # W per map, [maps, L, N]
         self.register_buffer("reconstruct", eye.clone())  # R per map, [maps, N, L]
@@ -676,7 +671,8 @@ class SCA(PrivzooHubMixin, L.LightningModule):
         own = self.state_dict()
         # the adversarial inverter is a training device: a fine-tune may add a fresh one or drop it
         state = {k: v for k, v in state.items() if k in own or not k.startswith("adversary.")}
-        missing = sorted(k for k in set(own) - set(state) if not k.startswith("adversary."))
+        fresh = {k for k in set(own) - set(state) if k.startswith("adversary.")}
+        missing = sorted(set(own) - set(state) - fresh)
         unexpected = sorted(set(state) - set(own))
         shapes = [k for k in own if k in state and state[k].shape != own[k].shape]
         if missing or unexpected or shapes:
@@ -685,7 +681,7 @@ class SCA(PrivzooHubMixin, L.LightningModule):
                 f"{unexpected[:5]}, other shapes {shapes[:5]}): it must be an SCA of the same channels, "
                 "code_maps, code_length and decoy_pool_size"
             )
-        self.load_state_dict(state, strict=not any(k.startswith("adversary.") for k in own))
+        self.load_state_dict(state, strict=not fresh)
         rank_zero_info(f"SCA: loaded {len(state)} tensors from {path} (trainable: {self.hparams.trainable})")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
