@@ -85,6 +85,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also write the table into the card of this checkpoint folder (section 'Table 1 at every code "
         "length'); every code length's generator must be that folder's model (its zoo name or path)",
     )
+    p.add_argument(
+        "--card-reference",
+        default=None,
+        metavar="FOLDER",
+        help="write the table of ANOTHER generator (e.g. the paper's 8-bit one) into this checkpoint "
+        "folder's card as a reference section under a 'not these weights' line; it does not enter the "
+        "card's attacks",
+    )
     p.add_argument("--tag", default="", help="suffix of the output files (e.g. a transferability run)")
     p.add_argument("--wandb", choices=["offline", "online", "disabled"], default="offline")
     p.add_argument("--batch-size", type=int, default=1000, help="images per protect / hash call")
@@ -183,19 +191,60 @@ def table_into_attacks(folder: Path, results: dict, command: str) -> dict | None
     return before
 
 
+def _ordered(results: dict) -> dict:
+    return {**results, "bits": dict(sorted(results["bits"].items(), key=lambda kv: int(kv[0])))}
+
+
+def _generators(results: dict) -> set[str]:
+    return {res["ppl"]["ckpt"] for res in results["bits"].values()}
+
+
+def _is_folder_model(used: set[str], folder: str) -> bool:
+    path = Path(folder)
+    return used <= {path.name, folder, str(path), str(path.resolve())}
+
+
+def table_reference_card(folder: str, results: dict, command: str) -> None:
+    """Writes the table of a generator that is NOT the folder's weights (e.g. the paper's Table 1 generator,
+    learned at 8 bits) into the folder's card, in its own section under a "not these weights" line; its
+    cells stay out of the card's attacks and headline, which describe the card's own weights."""
+    from models.cards import update_card_section
+
+    path = Path(folder)
+    used = _generators(results)
+    if _is_folder_model(used, folder):
+        raise SystemExit(
+            f"--card-reference {folder}: the table measured this folder's own model; use --card {folder}"
+        )
+    ordered = _ordered(results)
+    w = worst_privacy_cell(ordered)
+    gens = sorted({f"{res['ppl']['bits']}-bit" for res in ordered["bits"].values()})
+    names = ", ".join(f"`{u}`" for u in sorted(used))
+    intro = (
+        f"**Not these weights:** this table measures the generator {names} ({' / '.join(gens)} surrogate "
+        f"codes, the paper's Table 1 setting), not `{path.name}`, so it does not enter 'Privacy under "
+        "attack' or this card's headline. Same protocol as 'Table 1 at every code length'. "
+        f"Its worst privacy cell: mAP **{w['map']:.4f}** ({w['model']}-{w['trained_on']}, {w['bits']} bits, "
+        f"{w['scenario']})."
+    )
+    title = f"Table 1 with the paper's {' / '.join(gens)} generator (not these weights)"
+    update_card_section(folder, "table1-reference", title, intro + "\n\n" + table_markdown(ordered), command)
+    print(f"wrote the reference table into {path / 'README.md'} (worst privacy cell {w})")
+
+
 def table_card(folder: str, results: dict, command: str) -> None:
     """Writes the table (code lengths in order) into a checkpoint folder's card, with its worst cell; its
     privacy cells also join the card's attack harness (:func:`table_into_attacks`)."""
     from models.cards import update_card_section
 
     path = Path(folder)
-    used = {res["ppl"]["ckpt"] for res in results["bits"].values()}
-    if not used <= {path.name, str(folder), str(path.resolve())}:
+    used = _generators(results)
+    if not _is_folder_model(used, folder):
         raise SystemExit(
             f"--card {folder}: the table's generator is {sorted(used)}, not this folder's model; run "
             f"ppl_table with --ppl-ckpt {path.name} (its zoo name) or --ppl-ckpt {folder}"
         )
-    ordered = {**results, "bits": dict(sorted(results["bits"].items(), key=lambda kv: int(kv[0])))}
+    ordered = _ordered(results)
     w = worst_privacy_cell(ordered)
     r = w["worst_ratio"]
     before = table_into_attacks(path, ordered, command)
@@ -246,6 +295,8 @@ def write(args, results: dict, grid: torch.Tensor | None) -> dict:
     log_wandb(args, results, grid, out)
     if args.card:
         table_card(args.card, results, args.command)
+    if args.card_reference:
+        table_reference_card(args.card_reference, results, args.command)
     return results
 
 

@@ -198,6 +198,23 @@ def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, m
     ppl_table.table_card(str(folder), mine, "scripts/ppl_table.py --merge t.json")  # a rerun replaces them
     assert json.loads((folder / "attacks.json").read_text())["results"] == report["results"]
     assert "| ADSH | A |" in card and card.index("Table 1 at every") < card.index("## Threat model")
+    # --card-reference: another generator's table (the paper's 8-bit one) as its own section of the card,
+    # under a "not these weights" line, without touching the card's attacks; the own model is refused
+    before = (folder / "attacks.json").read_text()
+    ppl_table.main(
+        ["--merge", str(out / "table.json"), "--out", str(tmp_path / "m3"), "--card-reference", str(folder)]
+        + ["--wandb", "disabled"]
+    )
+    card = (folder / "README.md").read_text()
+    section = card.split("## Table 1 with the paper's 8-bit generator (not these weights)")[1]
+    section = section.split("<!-- privzoo:table1-reference:end -->")[0]
+    ref_worst = ppl_table.worst_privacy_cell(table)
+    assert "**Not these weights:**" in section and str(out / "ppl_8" / "final.ckpt") in section
+    assert f"mAP **{ref_worst['map']:.4f}**" in section and "| DSDH | A |" in section
+    assert (folder / "attacks.json").read_text() == before
+    assert "## Table 1 at every code length" in card  # the own table stays
+    with pytest.raises(SystemExit, match="use --card"):
+        ppl_table.table_reference_card(str(folder), mine, "scripts/ppl_table.py --merge t.json")
     with pytest.raises(SystemExit, match="VICTIM:DOMAIN=PATH"):
         ppl_table.main(rerun[:-2] + ["--victim-ckpt", "adsh=x.ckpt"])
     with pytest.raises(SystemExit, match="neither a checkpoint file nor a zoo name"):
