@@ -485,11 +485,12 @@ def update_card_threat_model(folder: str | os.PathLike, text: str) -> ModelCard:
 
 
 def update_card_section(
-    folder: str | os.PathLike, slug: str, title: str, body: str, source: str
+    folder: str | os.PathLike, slug: str, title: str, body: str, source: str, *, of_these_weights: bool = True
 ) -> ModelCard:
     """Writes a measured, script-rendered section (``## title``) into a card, before "## Threat model and
     limits"; a later call with the same ``slug`` replaces it. ``body`` must come from a script run
-    (``source`` names the command), with the weights' sha256 appended.
+    (``source`` names the command), with the weights' sha256 appended. ``of_these_weights=False`` marks a
+    section that measures something else (another generator, the method's own training runs).
 
     Raises:
         StaleCardError: ``model.safetensors`` is not the file the card was written for.
@@ -500,6 +501,11 @@ def update_card_section(
     card, sha = _fresh_card(folder, "measure again")
     start, end = f"<!-- privzoo:{slug}:start -->", f"<!-- privzoo:{slug}:end -->"
     header = f"Measured by `{source}` on `model.safetensors` with sha256 `{sha}`."
+    if not of_these_weights:
+        header = (
+            f"Written by `{source}` into the card of `model.safetensors` with sha256 `{sha}`; it does not "
+            "measure those weights."
+        )
     _put_section(card, start, end, f"{start}\n{header}\n\n{body.strip()}\n{end}", title)
     card.save(folder / CARD_NAME)
     return card

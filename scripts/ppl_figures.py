@@ -275,8 +275,8 @@ def write_card(folder: str, paths: list[str]) -> list[str]:
     name, titles = Path(folder).name, []
     for path in paths:
         results = json.loads(Path(path).read_text())
-        text = figure_markdown(results)
-        if results["figure"] in METHOD_FIGURES:
+        text, ours = figure_markdown(results), results["figure"] not in METHOD_FIGURES
+        if not ours:
             text = (
                 "**Not these weights:** this figure trains its own generator per point (the settings in its "
                 f"command), so it measures the method, not `{name}`.\n\n" + text
@@ -289,7 +289,9 @@ def write_card(folder: str, paths: list[str]) -> list[str]:
                     f"only into that generator's card (run it with --ppl-ckpt {name})"
                 )
         title = results["title"]
-        update_card_section(folder, f"figure-{results['figure']}", title, text, results["command"])
+        update_card_section(
+            folder, f"figure-{results['figure']}", title, text, results["command"], of_these_weights=ours
+        )
         titles.append(title)
     return titles
 

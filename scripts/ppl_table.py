@@ -228,7 +228,8 @@ def table_reference_card(folder: str, results: dict, command: str) -> None:
         f"{w['scenario']})."
     )
     title = f"Table 1 with the paper's {' / '.join(gens)} generator (not these weights)"
-    update_card_section(folder, "table1-reference", title, intro + "\n\n" + table_markdown(ordered), command)
+    body = intro + "\n\n" + table_markdown(ordered)
+    update_card_section(folder, "table1-reference", title, body, command, of_these_weights=False)
     print(f"wrote the reference table into {path / 'README.md'} (worst privacy cell {w})")
 
 

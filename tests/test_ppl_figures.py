@@ -283,7 +283,7 @@ def test_levers_train_one_generator_per_lever_against_one_clean_victim(fashion_m
         ]
     card = (folder / "README.md").read_text()
     assert card.count(f"## {results['title']}") == 1 and "**Not these weights:**" in card
-    assert "- lambda_warmup_100:" in card
+    assert "- lambda_warmup_100:" in card and "it does not measure those weights" in card
 
     # a generator given for a lever is scored, not retrained
     again = _argv(fashion_mnist_dir, tmp_path / "again", "levers", "--victims", "adsh", "--wandb", "disabled")

@@ -210,6 +210,7 @@ def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, m
     section = section.split("<!-- privzoo:table1-reference:end -->")[0]
     ref_worst = ppl_table.worst_privacy_cell(table)
     assert "**Not these weights:**" in section and str(out / "ppl_8" / "final.ckpt") in section
+    assert "it does not measure those weights" in section and "Measured by" not in section
     assert f"mAP **{ref_worst['map']:.4f}**" in section and "| DSDH | A |" in section
     assert (folder / "attacks.json").read_text() == before
     assert "## Table 1 at every code length" in card  # the own table stays
