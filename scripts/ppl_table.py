@@ -30,6 +30,8 @@ import torch
 from models.ppl.protocol import (
     SCENARIOS,
     TABLE_ATTACK_PREFIX,
+    compare_markdown,
+    compare_tables,
     merge_tables,
     paper_row,
     privacy_cells,
@@ -76,6 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="TABLE_JSON",
         help="only combine the table.json files of earlier runs (e.g. victims trained in parallel processes) "
         "into one table under --out; rows measured twice must agree",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="LABEL=TABLE_JSON",
+        help="only compare the table.json files of several generators cell by cell (the most private one "
+        "per privacy cell, worst cells, SSIM, utility) into compare.json / compare.md under --out",
     )
     p.add_argument("--out", default="runs/ppl_table")
     p.add_argument(
@@ -301,9 +310,39 @@ def write(args, results: dict, grid: torch.Tensor | None) -> dict:
     return results
 
 
+def compare(args) -> dict:
+    """``--compare``: generators' tables cell by cell (:func:`models.ppl.protocol.compare_tables`)."""
+    tables = {}
+    for pair in args.compare:
+        label, sep, path = pair.partition("=")
+        if not sep or not label:
+            raise SystemExit(f"--compare {pair!r}: expected LABEL=TABLE_JSON, e.g. shipped=runs/t/table.json")
+        if label in tables:
+            raise SystemExit(f"--compare: label {label!r} given twice; give each table its own label")
+        try:
+            tables[label] = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"--compare {pair!r}: cannot read {path}: {err}") from err
+    try:
+        comparison = compare_tables(tables)
+    except ValueError as err:
+        raise SystemExit(f"--compare: {err}") from err
+    comparison["command"] = args.command
+    comparison["sources"] = {pair.partition("=")[0]: pair.partition("=")[2] for pair in args.compare}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"compare{args.tag}.json").write_text(json.dumps(comparison, indent=2))
+    md = compare_markdown(comparison)
+    (out / f"compare{args.tag}.md").write_text(md)
+    print(md)
+    return comparison
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     args.command = "scripts/ppl_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.compare:
+        return compare(args)
     if args.merge:
         try:
             parts = [json.loads(Path(p).read_text()) for p in args.merge]

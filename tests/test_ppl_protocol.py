@@ -224,3 +224,66 @@ def test_ppl_table_script_runs_the_whole_protocol(fashion_mnist_dir, tmp_path, m
 
     zoo_victim = ppl_table._victim_ckpts(["adsh:C=adsh-fashion-mnist-16bit"])[("adsh", "C")]
     assert isinstance(zoo_victim, ADSH) and zoo_victim.bits == 16  # a shipped victim, loaded offline
+
+
+def _toy_table(ckpt: str, shift: float, ssim: float) -> dict:
+    """A two-code-length table whose every mAP is a known value plus ``shift``."""
+    bits = {}
+    for b in (8, 16):
+        rows = []
+        for model, base in (("ADSH", 0.5), ("DSDH", 0.4)):
+            for domain, cc in (("C", 0.8), ("A", 0.6)):
+                maps = {"C->C": cc, "C->A": base + shift, "A->C": base + 0.1 + shift}
+                maps["A->A"] = base - 0.1 + shift
+                if domain == "A":
+                    maps["A->A"] = 0.7
+                rows.append({"model": model, "trained_on": domain, "map": maps})
+        rows.append({"model": "PPL surrogate", "trained_on": "PPL", "map": dict.fromkeys(maps, 0.3)})
+        bits[str(b)] = {"ppl": {"bits": 8, "ckpt": ckpt}, "quality": {"ssim": ssim}, "rows": rows}
+    return {"dataset": "fashion_mnist", "bits": bits}
+
+
+def test_compare_tables_counts_the_most_private_generator_per_cell(tmp_path):
+    import ppl_table
+
+    from models.ppl.protocol import compare_markdown, compare_tables
+
+    a, b = _toy_table("a.ckpt", 0.0, 0.75), _toy_table("b.ckpt", -0.05, 0.64)
+    b["bits"]["16"]["rows"][0]["map"]["C->A"] = 0.9  # b loses one cell: ADSH-C 16 bits C->A
+    cmp = compare_tables({"a": a, "b": b})
+    n = 2 * 2 * 2 * 3  # code lengths x victims x domains x privacy cells per domain
+    assert cmp["n_cells"] == n
+    # the A-trained victims' C->C (0.6 in both) is a tie: a win for neither
+    ties = [c for c in cmp["cells"] if len(c["best"]) == 2]
+    assert len(ties) == 4 and {c["scenario"] for c in ties} == {"C->C"}
+    assert {k: s["wins"] for k, s in cmp["summary"].items()} == {"a": 1, "b": n - 5}
+    lost = next(c for c in cmp["cells"] if c["best"] == ["a"])
+    assert (lost["bits"], lost["model"], lost["trained_on"], lost["scenario"]) == (16, "ADSH", "C", "C->A")
+    assert cmp["summary"]["b"]["worst_map"]["map"] == 0.9
+    # the worst ratio is over the clean-trained C->C of the same victim and code length
+    assert math.isclose(cmp["summary"]["b"]["worst_ratio"]["ratio"], 0.9 / 0.8)
+    assert cmp["summary"]["a"]["ssim"] == {8: 0.75, 16: 0.75}
+    assert cmp["summary"]["a"]["utility"]["DSDH-A 16 bits A->A"] == 0.7
+    md = compare_markdown(cmp)
+    assert f"| b | {n - 5} of {n} cells | 0.9000 (ADSH-C 16 bits C->A)" in md
+    assert "| 16 | ADSH-C | C->A | **0.5000** | 0.9000 |" in md
+    assert "| 16 | ADSH-A | C->C | **0.6000** | **0.6000** |" in md
+    with pytest.raises(ValueError, match="at least two"):
+        compare_tables({"a": a})
+
+    # the script: LABEL=TABLE_JSON pairs in, compare.json / compare.md out; bad pairs are named
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    argv = ["--compare", f"a={tmp_path / 'a.json'}", f"b={tmp_path / 'b.json'}", "--out", str(tmp_path / "o")]
+    got = ppl_table.main(argv)
+    assert got["summary"]["b"]["wins"] == n - 5
+    saved = json.loads((tmp_path / "o" / "compare.json").read_text())
+    assert saved["sources"] == {"a": str(tmp_path / "a.json"), "b": str(tmp_path / "b.json")}
+    assert saved["command"].startswith("scripts/ppl_table.py --compare")
+    assert (tmp_path / "o" / "compare.md").read_text() == md
+    with pytest.raises(SystemExit, match="expected LABEL=TABLE_JSON"):
+        ppl_table.main(["--compare", str(tmp_path / "a.json"), f"b={tmp_path / 'b.json'}"])
+    with pytest.raises(SystemExit, match="given twice"):
+        ppl_table.main(["--compare", f"a={tmp_path / 'a.json'}", f"a={tmp_path / 'b.json'}"])
+    with pytest.raises(SystemExit, match="cannot read"):
+        ppl_table.main(["--compare", f"a={tmp_path / 'a.json'}", f"b={tmp_path / 'missing.json'}"])

@@ -35,6 +35,8 @@ __all__ = [
     "PRIVACY_SCENARIOS",
     "SCENARIOS",
     "TABLE_ATTACK_PREFIX",
+    "compare_markdown",
+    "compare_tables",
     "dataset_pools",
     "hash_images",
     "image_quality",
@@ -512,3 +514,97 @@ def merge_tables(parts: Sequence[dict], sources: Sequence[str]) -> dict:
 
 def _rounded(maps: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 6) for k, v in maps.items()}
+
+
+def compare_tables(tables: dict[str, dict]) -> dict[str, Any]:
+    """Cell-by-cell privacy of several generators' Table 1s (``{label: table.json}``): every privacy cell that
+    all tables measured (same code length, victim, training domain, scenario) with each table's mAP and the
+    lowest (most private) label; per label its wins, its worst cell / worst cross-clean ratio, its
+    SSIM per code length and its utility cells (C-trained C->C, A-trained A->A). A cell whose lowest value
+    (to 4 decimals) several labels share counts as a win for none of them."""
+    if len(tables) < 2:
+        raise ValueError("compare_tables needs at least two tables, e.g. {'shipped': t1, 'step600': t2}")
+    keyed = {}
+    for label, table in tables.items():
+        cells_of = privacy_cells(table)
+        keyed[label] = {(c["bits"], c["model"], c["trained_on"], c["scenario"]): c for c in cells_of}
+    common = sorted(set.intersection(*(set(k) for k in keyed.values())))
+    if not common:
+        raise ValueError(f"the tables {sorted(tables)} share no privacy cell (code length, victim, domain)")
+    cells, wins = [], dict.fromkeys(tables, 0)
+    for key in common:
+        maps = {label: keyed[label][key]["map"] for label in tables}
+        low = min(round(v, 4) for v in maps.values())
+        best = [label for label, v in maps.items() if round(v, 4) == low]  # ties (as printed) win for none
+        if len(best) == 1:
+            wins[best[0]] += 1
+        bits, model, domain, scenario = key
+        cells.append(
+            {
+                "bits": bits,
+                "model": model,
+                "trained_on": domain,
+                "scenario": scenario,
+                "map": maps,
+                "best": best,
+            }
+        )
+    summary = {}
+    for label, table in tables.items():
+        own = [keyed[label][k] for k in common]
+        ratios = [c for c in own if c["ratio"] is not None]
+        utility = {}
+        for bits, res in table["bits"].items():
+            for row in res["rows"]:
+                if row["model"] == "PPL surrogate":
+                    continue
+                s = "C->C" if row["trained_on"] == "C" else "A->A"
+                utility[f"{row['model']}-{row['trained_on']} {int(bits)} bits {s}"] = row["map"][s]
+        summary[label] = {
+            "wins": wins[label],
+            "worst_map": max(own, key=lambda c: c["map"]),
+            "worst_ratio": max(ratios, key=lambda c: c["ratio"]) if ratios else None,
+            "ssim": {int(b): res["quality"]["ssim"] for b, res in table["bits"].items()},
+            "utility": utility,
+        }
+    return {"labels": list(tables), "cells": cells, "n_cells": len(cells), "summary": summary}
+
+
+def compare_markdown(comparison: dict) -> str:
+    """The comparison of :func:`compare_tables` as markdown: the per-label summary, then every cell."""
+    labels = comparison["labels"]
+    summary = comparison["summary"]
+
+    def row(*cells) -> str:
+        return "| " + " | ".join(str(c) for c in cells) + " |"
+
+    lines = [
+        row("generator", "most private in", "worst privacy cell (mAP)", "worst cross/clean ratio", "SSIM"),
+        row(*["---"] * 5),
+    ]
+    for label in labels:
+        s = summary[label]
+        w, r = s["worst_map"], s["worst_ratio"]
+        where = f"{w['model']}-{w['trained_on']} {w['bits']} bits {w['scenario']}"
+        ratio = "n/a"
+        if r is not None:
+            ratio = f"{r['ratio']:.4f} ({r['model']}-{r['trained_on']} {r['bits']} bits {r['scenario']})"
+        ssim = " / ".join(f"{v:.4f}" for v in sorted({round(x, 4) for x in s["ssim"].values()}))
+        wins = f"{s['wins']} of {comparison['n_cells']} cells"
+        lines.append(row(label, wins, f"{w['map']:.4f} ({where})", ratio, ssim))
+    lines += [
+        "",
+        "Privacy cells (mAP@all, lower is more private; **bold** = lowest; a tie wins for none):",
+        "",
+        row("bits", "victim", "scenario", *labels),
+        row(*["---"] * (3 + len(labels))),
+    ]
+    for c in comparison["cells"]:
+        vals = [f"**{c['map'][x]:.4f}**" if x in c["best"] else f"{c['map'][x]:.4f}" for x in labels]
+        lines.append(row(c["bits"], f"{c['model']}-{c['trained_on']}", c["scenario"], *vals))
+    lines += ["", "Utility cells (C-trained C->C, A-trained A->A):", "", row("cell", *labels)]
+    lines.append(row(*["---"] * (1 + len(labels))))
+    keys = set.intersection(*(set(summary[x]["utility"]) for x in labels))
+    for k in sorted(keys, key=lambda k: (int(k.split()[1]), k)):
+        lines.append(row(k, *(f"{summary[x]['utility'][k]:.4f}" for x in labels)))
+    return "\n".join(lines) + "\n"
