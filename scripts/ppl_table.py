@@ -41,6 +41,7 @@ from models.ppl.protocol import (
     table_markdown,
     train_ppl,
     victim_row,
+    worst_cells,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,12 +170,7 @@ def log_wandb(args, results: dict, grid: torch.Tensor | None, out: Path) -> None
 def worst_privacy_cell(results: dict) -> dict:
     """The highest-mAP privacy cell of the table's victims (not the surrogate) over every code length, and
     the highest cross/clean ratio (a cell over the clean-trained C->C of the same victim and code length)."""
-    cells = privacy_cells(results)
-    if not cells:
-        raise ValueError("the table has no victim rows (only the surrogate's)")
-    worst = max(cells, key=lambda c: c["map"])
-    ratios = [c for c in cells if c["ratio"] is not None]
-    return {**worst, "worst_ratio": max(ratios, key=lambda c: c["ratio"]) if ratios else None}
+    return worst_cells(privacy_cells(results))
 
 
 def table_into_attacks(folder: Path, results: dict, command: str) -> dict | None:
@@ -312,7 +308,7 @@ def write(args, results: dict, grid: torch.Tensor | None) -> dict:
 
 def compare(args) -> dict:
     """``--compare``: generators' tables cell by cell (:func:`models.ppl.protocol.compare_tables`)."""
-    tables = {}
+    tables, sources = {}, {}
     for pair in args.compare:
         label, sep, path = pair.partition("=")
         if not sep or not label:
@@ -320,7 +316,7 @@ def compare(args) -> dict:
         if label in tables:
             raise SystemExit(f"--compare: label {label!r} given twice; give each table its own label")
         try:
-            tables[label] = json.loads(Path(path).read_text())
+            tables[label], sources[label] = json.loads(Path(path).read_text()), path
         except (OSError, ValueError) as err:
             raise SystemExit(f"--compare {pair!r}: cannot read {path}: {err}") from err
     try:
@@ -328,7 +324,7 @@ def compare(args) -> dict:
     except ValueError as err:
         raise SystemExit(f"--compare: {err}") from err
     comparison["command"] = args.command
-    comparison["sources"] = {pair.partition("=")[0]: pair.partition("=")[2] for pair in args.compare}
+    comparison["sources"] = sources
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"compare{args.tag}.json").write_text(json.dumps(comparison, indent=2))
