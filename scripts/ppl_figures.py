@@ -15,6 +15,8 @@
 * ``card FOLDER FIG.json ...``: writes measured figures into FOLDER's model card, one section each: Figs. 3
   and 5 only of FOLDER's own generator (``--ppl-ckpt`` its zoo name); Fig. 6 and the levers, which train
   their own generators, under a line saying so.
+* ``merge FIG.json FIG.json ... --out DIR``: runs of one method figure (levers, Fig. 6) as one figure, for
+  runs that score the same clean-trained victims (checked); a point measured twice must agree.
 * ``levers``: issue 15's levers for a stronger generator (``--levers``: names of
   ``models.ppl.figures.DEFAULT_LEVERS`` or ``NAME:key=value,...``), one generator per lever, each lever alone
   on top of the config; victims as for ``epsilon``.
@@ -52,6 +54,7 @@ from models.ppl.figures import (
     figure_plot,
     levers_figure,
     load_protector,
+    merge_figures,
     parse_epsilon_ckpts,
     parse_levers,
     protector_for,
@@ -97,6 +100,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     c.add_argument("folder", help="a PPL checkpoint folder, e.g. checkpoints/ppl-fashion-mnist-16bit")
     c.add_argument("figures", nargs="+", help="<figure>.json files written by this script")
+    m = sub.add_parser("merge", help="runs of one method figure (levers, epsilon) as one figure")
+    m.add_argument("figures", nargs="+", help="<figure>.json files of runs of that figure")
+    m.add_argument("--out", default="runs/ppl_figures")
+    m.add_argument("--wandb", choices=["offline", "disabled"], default="offline")
     e = sub.add_parser("epsilon", parents=[common], help="Fig. 6: effect of the perturbation budget")
     e.add_argument(
         "--ppl-ckpt",
@@ -301,7 +308,28 @@ def main(argv: list[str] | None = None) -> dict:
     if args.figure == "card":
         return {"sections": write_card(args.folder, args.figures)}
     command = " ".join(["scripts/ppl_figures.py", *(sys.argv[1:] if argv is None else argv)])
-    results = {**run(args), "command": command}
+    if args.figure == "merge":
+        runs = []
+        for path in args.figures:
+            try:
+                figure = json.loads(Path(path).read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise SystemExit(f"ppl_figures merge: cannot read {path}: {err}") from err
+            missing = sorted(
+                {"figure", "rows", "points", "command"} - set(figure if isinstance(figure, dict) else {})
+            )
+            if missing:
+                raise SystemExit(
+                    f"ppl_figures merge: {path} is not a figure written by this script (no {missing})"
+                )
+            runs.append(figure)
+        try:
+            results = merge_figures(runs, command)
+        except ValueError as err:
+            raise SystemExit(f"ppl_figures merge: {err}") from err
+        args.figure = results["figure"]
+    else:
+        results = {**run(args), "command": command}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     picture = figure_plot(results)

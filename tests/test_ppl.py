@@ -220,6 +220,53 @@ def test_one_optimizer_step_updates_both_players_with_their_learning_rates(tiny_
     assert g_step == pytest.approx(1e-4, rel=1e-2) and f_step == pytest.approx(1e-3, rel=1e-2)
 
 
+def test_generator_steps_update_the_surrogate_every_kth_step_only(tiny_ppl):
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(
+                (
+                    [p.detach().clone() for p in pl_module.generator.parameters()],
+                    [p.detach().clone() for p in pl_module.surrogate.parameters()],
+                )
+            )
+
+    torch.manual_seed(0)
+    model = tiny_ppl(generator_steps=3)
+    assert [model.surrogate_updates_at(s) for s in range(7)] == [True, False, False, True, False, False, True]
+    g = torch.Generator().manual_seed(0)
+    batches = [{"image": torch.rand(1, 28, 28, generator=g), "label": i % 3, "index": i} for i in range(40)]
+    trainer = L.Trainer(
+        max_steps=5,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[Spy()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(model, DataLoader(batches, batch_size=8))
+    seen.append(
+        (
+            [p.detach() for p in model.generator.parameters()],
+            [p.detach() for p in model.surrogate.parameters()],
+        )
+    )
+
+    def moved(a, b):
+        return any(not torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+    steps = list(zip(seen, seen[1:], strict=False))
+    assert len(steps) == 5
+    assert all(moved(g0, g1) for (g0, _), (g1, _) in steps)  # G takes every step
+    assert [moved(f0, f1) for (_, f0), (_, f1) in steps] == [True, False, False, True, False]
+
+
 def test_ensemble_g_plays_the_average_game_and_every_surrogate_learns(tiny_ppl):
     torch.manual_seed(0)
     model = tiny_ppl(extra_surrogates=["small_cnn"])
@@ -338,6 +385,8 @@ def test_timm_surrogate_for_rgb():
         ({"surrogate_backbone": "no_such_net"}, "unknown backbone"),
         ({"lambda_": -1.0}, "lambda_"),
         ({"lambda_warmup_steps": -1}, "lambda_warmup_steps"),
+        ({"generator_steps": 0}, "generator_steps.*integer >= 1"),
+        ({"generator_steps": 1.5}, "generator_steps.*integer >= 1"),
         ({"bandwidth": 0.0}, "bandwidth"),
         ({"generator_channels": [4, 8]}, "4 positive widths"),
         ({"surrogate_backbone": "ppl_cnn", "pretrained": True}, "pretrained"),

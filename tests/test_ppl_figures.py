@@ -294,3 +294,112 @@ def test_levers_train_one_generator_per_lever_against_one_clean_victim(fashion_m
     assert rerun["points"][0]["quality"] == results["points"][0]["quality"]
     assert not (tmp_path / "again" / "ppl_8_paper").exists()
     assert [r["map"] for r in rerun["rows"]] == [r["map"] for r in results["rows"][:2]]
+
+
+def _lever_run(levers, command, cc=0.7, shift=0.0, scale="Victims at a reduced scale: trainer.max_epochs=1"):
+    """A levers figure as ppl_figures writes it, with made-up numbers (for the merge only)."""
+    points, rows = [], []
+    for k, lever in enumerate(levers):
+        q = {"psnr": 15.0, "ssim": 0.5 + 0.01 * k}
+        sur = {n: 0.3 + 0.01 * k + shift for n in NAMES}
+        points.append(
+            {"lever": lever, "overrides": [], "epsilon": 0.3, "norm": "inf", "bits": 8, "ckpt": "x"}
+        )
+        points[-1] |= {"quality": q, "surrogate_map": sur}
+        for domain in ("C", "A"):
+            scores = {n: (cc if n == "C->C" and domain == "C" else 0.2 + 0.02 * k + shift) for n in NAMES}
+            rows.append(
+                {"victim": "ADSH", "lever": lever, "trained_on": domain, "map": scores, "ndcg_100": scores}
+                | {"fit_s": None}
+            )
+    header = {"figure": "levers", "title": "levers", "dataset": "fashion_mnist", "bits": 16}
+    return (
+        header
+        | {"victim_scale": scale, "columns": ["victim", "lever", "trained_on"], "rows": rows}
+        | {
+            "points": points,
+            "command": command,
+        }
+    )
+
+
+def test_merge_joins_lever_runs_that_score_the_same_clean_victim(tmp_path):
+    import ppl_figures
+
+    old, new = _lever_run(["paper", "ensemble"], "cmd old"), _lever_run(["paper", "steps_4"], "cmd new")
+    new["points"][1]["surrogate_map"] = {n: 0.9 for n in NAMES}  # steps_4 differs; paper is the same rerun
+    paths = []
+    for name, run in (("old", old), ("new", new)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(run))
+    out = tmp_path / "merged"
+    merged = ppl_figures.main(["merge", *map(str, paths), "--out", str(out), "--wandb", "disabled"])
+    assert [p["lever"] for p in merged["points"]] == ["paper", "ensemble", "steps_4"]
+    assert [(r["lever"], r["trained_on"]) for r in merged["rows"]] == [
+        (lever, d) for lever in ("paper", "ensemble", "steps_4") for d in ("C", "A")
+    ]
+    assert merged["sources"] == ["cmd old", "cmd new"] and merged["command"].startswith(
+        "scripts/ppl_figures.py merge"
+    )
+    assert json.loads((out / "levers.json").read_text()) == merged
+    md = (out / "levers.md").read_text()
+    assert "- `cmd old`" in md and "- `cmd new`" in md and "| steps_4 |" in md
+    assert np.asarray(Image.open(out / "levers.png")).dtype == np.uint8
+    # a merge of merges keeps every run's own command once
+    again = ppl_figures.main(
+        ["merge", str(out / "levers.json"), str(paths[1]), "--out", str(tmp_path / "m2")]
+    )
+    assert again["sources"] == ["cmd old", "cmd new"] and again["rows"] == merged["rows"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda r: r["rows"][0]["map"].update({"C->C": 0.71}),
+            "different clean-trained ADSH victims.*--victim-ckpt",
+        ),
+        (
+            lambda r: r["rows"][1]["map"].update({"A->A": 0.99}),
+            "row .*paper.*two runs with different numbers",
+        ),
+        (lambda r: r["points"][0]["surrogate_map"].update({"C->C": 0.99}), "point 'paper'.*two runs"),
+        (lambda r: r.update(victim_scale="other"), "differs from run 0 in 'victim_scale'"),
+        (lambda r: r.update(figure="transfer"), "differs from run 0 in 'figure'"),
+    ],
+)
+def test_merge_refuses_runs_that_do_not_belong_together(tmp_path, change, message):
+    import ppl_figures
+
+    a, b = _lever_run(["paper"], "a"), _lever_run(["paper", "x"], "b")
+    change(b)
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, run in zip(paths, (a, b), strict=True):
+        path.write_text(json.dumps(run))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=message):
+        ppl_figures.main(["merge", *map(str, paths), "--out", str(out), "--wandb", "disabled"])
+    assert not out.exists()  # nothing written
+
+
+def test_merge_names_unreadable_or_foreign_files(tmp_path):
+    import ppl_figures
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_lever_run(["paper"], "a")))
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
+    for name, message in (
+        ("bad.json", "cannot read .*bad.json"),
+        ("other.json", "other.json is not a figure"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            ppl_figures.main(["merge", str(good), str(tmp_path / name), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="at least two runs"):
+        ppl_figures.main(["merge", str(good), "--out", str(tmp_path / "o")])
+    t = _lever_run(["paper"], "t") | {"figure": "transfer"}
+    (tmp_path / "t.json").write_text(json.dumps(t))
+    with pytest.raises(SystemExit, match="only the figures that train a generator per point"):
+        ppl_figures.main(
+            ["merge", str(tmp_path / "t.json"), str(tmp_path / "t.json"), "--out", str(tmp_path / "o")]
+        )

@@ -57,6 +57,7 @@ __all__ = [
     "figure_plot",
     "levers_figure",
     "load_protector",
+    "merge_figures",
     "mixed_pool",
     "parse_epsilon_ckpts",
     "parse_levers",
@@ -72,11 +73,13 @@ FIGURES = {
     "levers": "levers beyond the paper, one at a time against the paper's setting",
 }
 #: issue 15's levers for a stronger generator, each ALONE on top of the config (PPL CLI overrides);
-#: ``paper`` is the config as it is. Not measured here: more generator steps per surrogate step (no option).
+#: ``paper`` is the config as it is.
 DEFAULT_LEVERS = {
     "paper": (),
     "surrogate_lr_1e-4": ("--model.init_args.lr_surrogate", "1e-4"),  # G/F lr ratio 1 (paper: 1/10)
     "lambda_warmup_100": ("--model.init_args.lambda_warmup_steps", "100"),
+    "generator_steps_2": ("--model.init_args.generator_steps", "2"),  # 2 G steps per F step (paper: 1)
+    "generator_steps_4": ("--model.init_args.generator_steps", "4"),
     "ensemble_small_cnn": ("--model.init_args.extra_surrogates", "[small_cnn]"),
     "diversity_jpeg": ("--model.init_args.input_diversity", "0.5", "--model.init_args.jpeg_prob", "0.5"),
 }
@@ -541,6 +544,80 @@ def levers_figure(
     return results
 
 
+#: figures whose points are generators trained per setting, keyed so that runs of them can be merged
+_POINT_KEYS = {
+    "levers": lambda p: p["lever"],
+    "epsilon": lambda p: (p["norm"], p["epsilon"]),
+}
+
+
+def merge_figures(figures: Sequence[dict[str, Any]], command: str) -> dict[str, Any]:
+    """Runs of one method figure (``levers`` or ``epsilon``) as one figure: their points and rows in order,
+    a point measured by several runs kept once. Each run trains its own clean-trained victims, so the merge
+    holds only where they are the same victims: same scale, and the same clean C->C per victim (a seeded
+    rerun reproduces it; ``--victim-ckpt`` shares one). ``sources`` keeps each run's own command.
+
+    Raises:
+        ValueError: fewer than two runs, a figure that is not a method figure, runs of other figures /
+            datasets / code lengths / victim scales, different clean victims, or one point measured twice
+            with different numbers.
+    """
+    if len(figures) < 2:
+        raise ValueError(f"merge needs at least two runs of one figure, got {len(figures)}")
+    first = figures[0]
+    if first.get("figure") not in _POINT_KEYS:
+        raise ValueError(
+            f"only the figures that train a generator per point ({sorted(_POINT_KEYS)}) are merged, "
+            f"got {first.get('figure')!r}"
+        )
+    for i, other in enumerate(figures[1:], 1):
+        for key in ("figure", "dataset", "bits", "victim_scale", "columns"):
+            if other.get(key) != first.get(key):
+                raise ValueError(
+                    f"run {i} differs from run 0 in {key!r} ({other.get(key)!r} vs {first.get(key)!r}); "
+                    "only runs of one figure at one victim scale are merged"
+                )
+    point_key, cols = _POINT_KEYS[first["figure"]], first["columns"]
+    clean = {}  # victim -> (C->C of its clean-trained victim, run)
+    for i, fig in enumerate(figures):
+        for row in fig["rows"]:
+            if row["trained_on"] == "C":
+                cc = row["map"]["C->C"]
+                seen = clean.setdefault(row["victim"], (cc, i))
+                if not math.isclose(seen[0], cc, rel_tol=0, abs_tol=1e-9):
+                    raise ValueError(
+                        f"runs {seen[1]} and {i} scored different clean-trained {row['victim']} victims "
+                        f"(C->C {seen[0]:.4f} vs {cc:.4f}); rerun with --victim-ckpt {row['victim']}:C=PATH "
+                        "so that every run scores the same one"
+                    )
+    points, rows = {}, {}
+    for i, fig in enumerate(figures):
+        for point in fig["points"]:
+            key = point_key(point)
+            if key in points and points[key]["surrogate_map"] != point["surrogate_map"]:
+                raise ValueError(
+                    f"point {key!r} was measured by two runs with different numbers (run {i} and an earlier "
+                    "one): merge only one of them"
+                )
+            points.setdefault(key, point)
+        for row in fig["rows"]:
+            key = tuple(row[c] for c in cols)
+            if key in rows and rows[key]["map"] != row["map"]:
+                raise ValueError(
+                    f"row {dict(zip(cols, key, strict=True))} was measured by two runs with different "
+                    f"numbers (run {i} and an earlier one): merge only one of them"
+                )
+            rows.setdefault(key, row)
+    sources = [c for fig in figures for c in (fig.get("sources") or [fig["command"]])]
+    return {
+        **{k: v for k, v in first.items() if k not in ("rows", "points", "command", "sources")},
+        "rows": list(rows.values()),
+        "points": list(points.values()),
+        "sources": list(dict.fromkeys(sources)),
+        "command": command,
+    }
+
+
 # ----------------------------------------------------------------------------------------------------
 # rendering
 # ----------------------------------------------------------------------------------------------------
@@ -609,6 +686,13 @@ def figure_markdown(results: dict[str, Any]) -> str:
     lines += [
         results["victim_scale"],
         "",
+        *(
+            ["Merged from these runs (`scripts/ppl_figures.py merge`), which share their clean victims:", ""]
+            + [f"- `{c}`" for c in results["sources"]]
+            + [""]
+            if results.get("sources")
+            else []
+        ),
         "Query = test images, database = training images, in the clean (C) or protected (A) domain. "
         "The paper gives this figure only as a plot, so no paper values are listed.",
     ]

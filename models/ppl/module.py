@@ -72,6 +72,9 @@ class PPL(PrivzooHubMixin, L.LightningModule):
         bandwidth: fixed ``2 sigma^2`` of the SMMD Gaussian kernel; ``None`` = median heuristic.
         lambda_warmup_steps: ramp the reversal strength linearly from 0 to ``lambda_`` over this many
             optimizer steps (not in the paper, which uses a constant lambda = 1: the default 0).
+        generator_steps: G steps per F step: F is updated only on every ``generator_steps``-th optimizer
+            step (its gradient is dropped on the others, so Adam leaves it and its moments alone), G on
+            every step. Algorithm 1 updates both on every step: the default 1.
         fc_init_gain: start of F's fc layer, see :class:`models.ppl.surrogate.HashSurrogate`.
         channels_last: train in the channels-last memory format (weights and batches converted for the fit,
             weights back to the default format after it); ``scripts/bench_ppl.py`` measured ~1.65x faster
@@ -145,6 +148,7 @@ class PPL(PrivzooHubMixin, L.LightningModule):
         lr_surrogate: float = 1e-3,
         bandwidth: float | None = None,
         lambda_warmup_steps: int = 0,
+        generator_steps: int = 1,
         fc_init_gain: float | None = 5.0,
         channels_last: bool = False,
         extra_surrogates: list[str] = [],  # noqa: B006 (read-only, shown by the CLI)
@@ -166,6 +170,11 @@ class PPL(PrivzooHubMixin, L.LightningModule):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self.hparams, name)}")
         if lambda_warmup_steps < 0:
             raise ValueError(f"lambda_warmup_steps must be >= 0, got {lambda_warmup_steps}")
+        if int(generator_steps) != generator_steps or generator_steps < 1:
+            raise ValueError(
+                f"generator_steps (G steps per surrogate step) must be an integer >= 1, "
+                f"got {generator_steps}; 1 is the paper's Algorithm 1"
+            )
         if bandwidth is not None and bandwidth <= 0:
             raise ValueError(f"bandwidth must be > 0 or None (median heuristic), got {bandwidth}")
         check_probability("input_diversity", input_diversity)
@@ -348,6 +357,17 @@ class PPL(PrivzooHubMixin, L.LightningModule):
             self.log("train/code_abs", out["h_x"].abs().mean(), batch_size=n)
             self.log("train/lambda", self.current_lambda(), batch_size=n)
         return out["loss"]
+
+    def surrogate_updates_at(self, step: int) -> bool:
+        """Whether F takes optimizer step ``step`` (0-based): every ``generator_steps``-th one, from 0."""
+        return step % int(self.hparams.generator_steps) == 0
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # k G steps per F step: drop F's (already DDP-reduced) gradient on the other k - 1 steps;
+        # Adam skips parameters whose grad is None, moments included
+        if not self.surrogate_updates_at(self.trainer.global_step):
+            for p in (*self.surrogate.parameters(), *self.extra_surrogates.parameters()):
+                p.grad = None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # Algorithm 1 in one step: both players in one Adam, the GRL flips G's Jp gradient
