@@ -755,7 +755,8 @@ def figure_plot(results: dict[str, Any]) -> np.ndarray:
                 at = [r for r in rows if r["trained_on"] == domain]
                 for n in names:
                     ax.plot(range(len(at)), [r["map"][n] for r in at], "o-", markersize=4, label=n)
-                ax.set_xticks(range(len(labels)), labels, fontsize=7)
+                slant = {"rotation": 25, "ha": "right"} if figure == "levers" else {}  # long lever names
+                ax.set_xticks(range(len(labels)), labels, fontsize=7, **slant)
                 ax.set_title(f"{victim}@{domain}")
         for ax in axes[i]:
             ax.set_ylabel("mAP@all")
