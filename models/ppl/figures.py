@@ -77,6 +77,9 @@ FIGURES = {
 DEFAULT_LEVERS = {
     "paper": (),
     "surrogate_lr_1e-4": ("--model.init_args.lr_surrogate", "1e-4"),  # G/F lr ratio 1 (paper: 1/10)
+    "surrogate_lr_3e-3": ("--model.init_args.lr_surrogate", "3e-3"),  # G/F lr ratio 1/30
+    "lambda_0.5": ("--model.init_args.lambda_", "0.5"),  # reversal strength (paper: 1)
+    "lambda_2": ("--model.init_args.lambda_", "2"),
     "lambda_warmup_100": ("--model.init_args.lambda_warmup_steps", "100"),
     "generator_steps_2": ("--model.init_args.generator_steps", "2"),  # 2 G steps per F step (paper: 1)
     "generator_steps_4": ("--model.init_args.generator_steps", "4"),
