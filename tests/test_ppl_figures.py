@@ -312,15 +312,17 @@ def _lever_run(levers, command, cc=0.7, shift=0.0, scale="Victims at a reduced s
                 {"victim": "ADSH", "lever": lever, "trained_on": domain, "map": scores, "ndcg_100": scores}
                 | {"fit_s": None}
             )
-    header = {"figure": "levers", "title": "levers", "dataset": "fashion_mnist", "bits": 16}
-    return (
-        header
-        | {"victim_scale": scale, "columns": ["victim", "lever", "trained_on"], "rows": rows}
-        | {
-            "points": points,
-            "command": command,
-        }
-    )
+    return {
+        "figure": "levers",
+        "title": "levers",
+        "dataset": "fashion_mnist",
+        "bits": 16,
+        "victim_scale": scale,
+        "columns": ["victim", "lever", "trained_on"],
+        "rows": rows,
+        "points": points,
+        "command": command,
+    }
 
 
 def test_merge_joins_lever_runs_that_score_the_same_clean_victim(tmp_path):

@@ -554,6 +554,16 @@ _POINT_KEYS = {
 }
 
 
+def _keep_once(kept: dict, key: Any, item: dict, numbers: str, what: str, run: int) -> None:
+    """Adds ``item`` under ``key`` unless an earlier run measured it; then its ``numbers`` must agree."""
+    if key in kept and kept[key][numbers] != item[numbers]:
+        raise ValueError(
+            f"{what} was measured by two runs with different numbers (run {run} and an earlier one): "
+            "merge only one of them"
+        )
+    kept.setdefault(key, item)
+
+
 def merge_figures(figures: Sequence[dict[str, Any]], command: str) -> dict[str, Any]:
     """Runs of one method figure (``levers`` or ``epsilon``) as one figure: their points and rows in order,
     a point measured by several runs kept once. Each run trains its own clean-trained victims, so the merge
@@ -596,21 +606,10 @@ def merge_figures(figures: Sequence[dict[str, Any]], command: str) -> dict[str, 
     points, rows = {}, {}
     for i, fig in enumerate(figures):
         for point in fig["points"]:
-            key = point_key(point)
-            if key in points and points[key]["surrogate_map"] != point["surrogate_map"]:
-                raise ValueError(
-                    f"point {key!r} was measured by two runs with different numbers (run {i} and an earlier "
-                    "one): merge only one of them"
-                )
-            points.setdefault(key, point)
+            _keep_once(points, point_key(point), point, "surrogate_map", f"point {point_key(point)!r}", i)
         for row in fig["rows"]:
             key = tuple(row[c] for c in cols)
-            if key in rows and rows[key]["map"] != row["map"]:
-                raise ValueError(
-                    f"row {dict(zip(cols, key, strict=True))} was measured by two runs with different "
-                    f"numbers (run {i} and an earlier one): merge only one of them"
-                )
-            rows.setdefault(key, row)
+            _keep_once(rows, key, row, "map", f"row {dict(zip(cols, key, strict=True))}", i)
     sources = [c for fig in figures for c in (fig.get("sources") or [fig["command"]])]
     return {
         **{k: v for k, v in first.items() if k not in ("rows", "points", "command", "sources")},
